@@ -1,0 +1,164 @@
+"""HTTP routes (DESIGN §8). Handlers check shapes and limits, then hand JSON text to the database
+and its JSON text back; the merge and every guarantee live in SQL."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_200_OK
+
+from app.db.queries import Database
+from app.domain.delta import (
+    check_delta,
+    check_document,
+    decode_body,
+    encode,
+    from_json_patch,
+    from_merge_patch,
+    write_meta,
+)
+from app.errors import invalid_id
+from app.settings import Settings
+
+JSON = "application/json"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+TenantId = Annotated[str, Parameter(description="Tenant id (1 to 128 characters)")]
+FsaId = Annotated[str, Parameter(description="State id within the tenant (1 to 128 characters)")]
+
+
+def _settings(state: State) -> Settings:
+    return state.settings
+
+
+def _check_ids(settings: Settings, **ids: str) -> None:
+    for name, value in ids.items():
+        if not value or len(value) > settings.limits.max_id_length or _CONTROL.search(value):
+            raise invalid_id(
+                f"{name} must be 1 to {settings.limits.max_id_length} characters without control characters",
+                field=name,
+            )
+
+
+def _json(text: str, status_code: int = HTTP_200_OK, headers: dict[str, str] | None = None) -> Response:
+    return Response(text.encode(), status_code=status_code, media_type=JSON, headers=headers)
+
+
+async def _delta_text(request: Request, settings: Settings) -> str:
+    """The request body as a delta in the wire format, as JSON text. JSON Patch and Merge Patch
+    are recognised by their media types; any other body is read as the delta map itself (so a
+    plain `curl -d` works too)."""
+    body = await request.body()
+    value = decode_body(body, settings.limits)
+    media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media_type == "application/json-patch+json":
+        value = from_json_patch(value)
+    elif media_type == "application/merge-patch+json":
+        value = from_merge_patch(value)
+    else:
+        check_delta(value, settings.limits)
+        return body.decode()  # as sent: numbers keep their exact value
+    check_delta(value, settings.limits)
+    return encode(value)
+
+
+@get("/health", sync_to_thread=False)
+async def health(db: Database) -> dict[str, Any]:
+    """Liveness and database reachability (503 when the database is down)."""
+    return {"status": "ok", "database": "ok", "postgres": await db.health()}
+
+
+@get("/state/{tenant_id:str}/{fsa_id:str}")
+async def read_state(request: Request, db: Database, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
+    """The full state: {"tenant_id", "fsa_id", "version", "state"}. ETag is the version; a
+    matching If-None-Match gives 304. A state never written is {} at version 0."""
+    _check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    known = _etag_version(request.headers.get("if-none-match"))
+    version, body = await db.read_state(tenant_id, fsa_id, unless_version=known)
+    headers = {"ETag": f'"{version}"'}
+    if body is None:
+        return Response(b"", status_code=304, headers=headers)
+    return _json(body, headers=headers)
+
+
+@post("/state/{tenant_id:str}/{fsa_id:str}", status_code=HTTP_200_OK)
+async def replace_state(request: Request, db: Database, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
+    """Create or replace the whole state with the JSON object in the body, logged as one delta."""
+    settings = _settings(state)
+    _check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    body = await request.body()
+    check_document(decode_body(body, settings.limits), settings.limits)
+    meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
+    result = await db.replace_state(tenant_id, fsa_id, body.decode(), meta)
+    return _json(result, headers=_result_etag(result))
+
+
+@post("/state/{tenant_id:str}/{fsa_id:str}/delta", status_code=HTTP_200_OK)
+async def apply_delta(request: Request, db: Database, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
+    """Apply a delta: the body is the delta map (DESIGN §4.1); metadata as query parameters
+    (actor, lineage_id, delta_id, expected_version, and any others kept as meta) or headers
+    (X-Actor, X-Lineage-Id, traceparent, Idempotency-Key, If-Match)."""
+    settings = _settings(state)
+    _check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    delta = await _delta_text(request, settings)
+    meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
+    result = await db.apply_delta(tenant_id, fsa_id, delta, meta)
+    return _json(result, headers=_result_etag(result))
+
+
+@post("/validate/delta", status_code=HTTP_200_OK)
+async def validate_delta(
+    request: Request,
+    db: Database,
+    state: State,
+    tenant_id: Annotated[str | None, Parameter(description="With fsa_id: dry-run against that state")] = None,
+    fsa_id: Annotated[str | None, Parameter(description="With tenant_id: dry-run against that state")] = None,
+) -> dict[str, Any]:
+    """Validate a delta without applying it. With tenant_id and fsa_id it is applied in a
+    transaction that is rolled back, so the answer (the version it would get, the paths it would
+    change, or the 409/422 it would meet) is exactly what would happen; without them only its
+    shape is checked. Nothing changes and nothing is notified."""
+    settings = _settings(state)
+    delta = await _delta_text(request, settings)
+    if tenant_id is None and fsa_id is None:
+        normalized = await db.normalize_delta(delta)
+        return {"success": True, "valid": True, **normalized}
+    _check_ids(settings, tenant_id=tenant_id or "", fsa_id=fsa_id or "")
+    meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
+    outcome = await db.dry_run(tenant_id, fsa_id, delta, meta)
+    return {"valid": True, **outcome, "applied": False}
+
+
+@get("/state/{tenant_id:str}/{fsa_id:str}/deltas")
+async def read_deltas(
+    db: Database,
+    state: State,
+    tenant_id: TenantId,
+    fsa_id: FsaId,
+    since: Annotated[int, Parameter(ge=0, description="Return deltas after this version")] = 0,
+    limit: Annotated[int, Parameter(ge=1, le=1000, description="At most this many deltas")] = 100,
+) -> Response:
+    """The delta log after `since`, oldest first: for catch-up and audit. `more` says whether
+    another page follows."""
+    _check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    return _json(await db.read_deltas(tenant_id, fsa_id, since, limit))
+
+
+def _etag_version(value: str | None) -> int | None:
+    if not value:
+        return None
+    tag = value.split(",")[0].strip().removeprefix("W/").strip('"')
+    return int(tag) if tag.isdigit() and len(tag) < 19 else None
+
+
+def _result_etag(result: str) -> dict[str, str]:
+    version = msgspec.json.decode(result).get("version")
+    return {"ETag": f'"{version}"'} if version is not None else {}
+
+
+ROUTES = [health, read_state, replace_state, apply_delta, validate_delta, read_deltas]

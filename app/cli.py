@@ -1,0 +1,72 @@
+"""The `sms` command: serve, migrate, --version."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from app import __version__
+from app.settings import Settings
+
+
+def database_url(settings: Settings) -> str:
+    """SMS_DATABASE_URL when set; otherwise the embedded PostgreSQL, started on demand."""
+    if settings.database_url:
+        return settings.database_url
+    from app.db.embedded import start_embedded
+
+    return start_embedded(settings.data_dir)
+
+
+def serve(args: argparse.Namespace, settings: Settings) -> None:
+    import uvicorn
+
+    from app.api.app import create_app
+    from app.db import migrate
+
+    url = database_url(settings)
+    if settings.migrate_on_start and not args.no_migrate:
+        migrate.upgrade(url)
+    app = create_app(settings, url)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    where = "embedded PostgreSQL in " + str(settings.data_dir) if not settings.database_url else "SMS_DATABASE_URL"
+    print(f"State Memory Service {__version__} on http://{host}:{port} (database: {where})", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+def run_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    from app.db import migrate
+
+    migrate.upgrade(database_url(settings), args.revision)
+    print(f"migrated to {args.revision}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="sms",
+        description="State Memory Service: one shared, versioned JSON state per (tenant, fsa) for many "
+        "LLM agents. With no SMS_DATABASE_URL it runs on an embedded PostgreSQL (data in SMS_DATA_DIR "
+        "or the user's data directory).",
+    )
+    parser.add_argument("--version", action="version", version=f"sms {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_cmd = commands.add_parser("serve", help="run the HTTP service (migrating the database first)")
+    serve_cmd.add_argument("--host", help="address to listen on (default SMS_HOST or 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="port to listen on (default SMS_PORT or 8080)")
+    serve_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations at start")
+    serve_cmd.set_defaults(run=serve)
+
+    migrate_cmd = commands.add_parser("migrate", help="upgrade the database schema (alembic)")
+    migrate_cmd.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
+    migrate_cmd.set_defaults(run=run_migrate)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args.run(args, Settings.from_env())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

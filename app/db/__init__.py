@@ -1,0 +1,1 @@
+"""Everything that talks to PostgreSQL. Only `app.db.queries` runs SQL at request time."""

@@ -1,0 +1,43 @@
+"""Alembic, run from Python: what `sms migrate` and `sms serve` do at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command, op
+from alembic.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def alembic_config(database_url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    # passed as an attribute, not an option: URLs may hold % which ini interpolation would eat
+    config.attributes["database_url"] = database_url
+    return config
+
+
+def upgrade(database_url: str, revision: str = "head") -> None:
+    command.upgrade(alembic_config(database_url), revision)
+
+
+def downgrade(database_url: str, revision: str) -> None:
+    command.downgrade(alembic_config(database_url), revision)
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """The psycopg (v3) dialect URL that alembic's engine needs, from a libpq-style URL."""
+    for prefix in ("postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix):]
+    return database_url
+
+
+def execute_script(sql: str) -> None:
+    """Run a multi-statement SQL script from a revision as it is, through the driver's own
+    connection: neither SQLAlchemy nor psycopg parses it for bind parameters when none are passed."""
+    if op.get_context().as_sql:
+        op.execute(sql)
+    else:
+        op.get_bind().connection.driver_connection.execute(sql)

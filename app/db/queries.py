@@ -1,0 +1,173 @@
+"""The one module that runs SQL at request time: typed async functions in, plain values out.
+
+The merge lives in SQL (`sms.apply_delta`, `sms.document`, …). JSON results are built by
+PostgreSQL and handed on as text, so they are never decoded and re-encoded on the way out and
+numbers keep their exact decimal value. Driver errors are wrapped once, into `app.errors.Problem`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from app.domain.delta import WriteMeta
+from app.errors import Problem, database_unavailable, from_sqlstate
+
+log = logging.getLogger(__name__)
+
+_APPLY = """
+SELECT sms.{function}($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text
+"""
+
+_READ_STATE = """
+SELECT s.version,
+       CASE WHEN s.version IS DISTINCT FROM $3 THEN
+           json_build_object('tenant_id', $1::text, 'fsa_id', $2::text, 'version', s.version,
+                             'state', sms.document($1, $2))::text
+       END
+  FROM (SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0) AS version) s
+"""
+
+_READ_DELTAS = """
+WITH page AS (
+    SELECT version, delta_id, actor, lineage_id, trace_id, parent_id, meta, ops, paths, created_at
+      FROM sms.deltas
+     WHERE tenant_id = $1 AND fsa_id = $2 AND version > $3
+     ORDER BY version
+     LIMIT $4 + 1
+)
+SELECT json_build_object(
+           'tenant_id', $1::text, 'fsa_id', $2::text, 'since', $3::bigint,
+           'version', coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0),
+           'deltas', coalesce((SELECT json_agg(p ORDER BY p.version)
+                                 FROM (SELECT * FROM page ORDER BY version LIMIT $4) p), '[]'),
+           'more', (SELECT count(*) FROM page) > $4)::text
+"""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb parameters are JSON text as received (or Python values to encode); results decode.
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            type_name,
+            schema="pg_catalog",
+            encoder=lambda v: v if isinstance(v, str) else msgspec.json.encode(v).decode(),
+            decoder=msgspec.json.decode,
+        )
+
+
+class Database:
+    """An asyncpg pool and the service's queries."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 20,
+        statement_timeout_ms: int = 5000,
+        notify: bool = True,
+    ) -> Database:
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                init=_init_connection,
+                server_settings={
+                    "application_name": "sms",
+                    "statement_timeout": str(statement_timeout_ms),
+                    "sms.notify": "on" if notify else "off",
+                },
+            )
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise database_unavailable(f"cannot connect to the database: {type(exc).__name__}") from exc
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; database errors leave as `Problem`s."""
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+        except asyncpg.PostgresError as exc:
+            problem = from_sqlstate(exc.sqlstate, exc.args[0] if exc.args else str(exc),
+                                    getattr(exc, "detail", None))
+            if problem is None:
+                raise
+            raise problem from None
+        except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("database unavailable: %s", type(exc).__name__)
+            raise database_unavailable() from exc
+
+    async def health(self) -> str:
+        async with self._connection() as conn:
+            return await conn.fetchval("SELECT current_setting('server_version')")
+
+    async def apply_delta(self, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> str:
+        """Apply a delta (JSON text); returns the result object as JSON text."""
+        async with self._connection() as conn:
+            return await conn.fetchval(_APPLY.format(function="apply_delta"), *_args(tenant_id, fsa_id, delta, meta))
+
+    async def replace_state(self, tenant_id: str, fsa_id: str, document: str, meta: WriteMeta) -> str:
+        """Replace the whole state (JSON text), logged as one delta; the result as JSON text."""
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                _APPLY.format(function="replace_state"), *_args(tenant_id, fsa_id, document, meta)
+            )
+
+    async def dry_run(self, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> dict[str, Any]:
+        """Apply a delta inside a transaction that is rolled back: exactly what would happen."""
+        async with self._connection() as conn:
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                current = await conn.fetchval(
+                    "SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0)",
+                    tenant_id, fsa_id,
+                )
+                result = await conn.fetchval(
+                    _APPLY.format(function="apply_delta"), *_args(tenant_id, fsa_id, delta, meta)
+                )
+            finally:
+                await tx.rollback()
+        outcome = msgspec.json.decode(result)
+        if meta.delta_id is None:
+            del outcome["delta_id"]  # a fresh id that no delta will ever carry
+        return {**outcome, "current_version": current}
+
+    async def normalize_delta(self, delta: str) -> Any:
+        """The normalised ops and preconditions of a delta, checked without touching any state."""
+        async with self._connection() as conn:
+            return await conn.fetchval("SELECT sms.normalize_delta($1::text::jsonb)", delta)
+
+    async def read_state(self, tenant_id: str, fsa_id: str, unless_version: int | None = None) -> tuple[int, str | None]:
+        """(version, {"tenant_id","fsa_id","version","state"} as JSON text); the text is None when
+        the state is still at `unless_version` (a conditional GET)."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(_READ_STATE, tenant_id, fsa_id, unless_version)
+        return row[0], row[1]
+
+    async def read_deltas(self, tenant_id: str, fsa_id: str, since: int, limit: int) -> str:
+        """The log after version `since`, oldest first, at most `limit` entries, as JSON text."""
+        async with self._connection() as conn:
+            return await conn.fetchval(_READ_DELTAS, tenant_id, fsa_id, since, limit)
+
+
+def _args(tenant_id: str, fsa_id: str, body: str, meta: WriteMeta) -> tuple[Any, ...]:
+    return (
+        tenant_id, fsa_id, body, meta.actor, meta.lineage_id, meta.delta_id,
+        meta.expected_version, msgspec.json.encode(meta.meta).decode(), meta.trace_id, meta.parent_id,
+    )

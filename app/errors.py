@@ -1,0 +1,92 @@
+"""Errors: one table maps SQLSTATE codes to HTTP problem types (RFC 9457).
+
+SQL raises its own SQLSTATE codes (class SM) with a message naming the path and a JSON DETAIL;
+Python raises `Problem` directly for what it checks before the database.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+PROBLEM_BASE = "urn:sms:problem:"
+
+# SQLSTATE -> (HTTP status, problem slug, title)
+SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
+    "SM001": (422, "invalid-delta", "The delta is invalid"),
+    "SM002": (422, "type-mismatch", "An operator met a value of the wrong type"),
+    "SM003": (409, "version-conflict", "The state is not at the expected version"),
+    "SM004": (409, "expectation-failed", "A $expect precondition failed"),
+    "SM005": (409, "idempotency-key-reused", "The delta id was already used for another delta"),
+    "SM006": (413, "limit-exceeded", "A limit was exceeded"),
+    "SM007": (422, "invalid-id", "An identifier is invalid"),
+    "SM008": (409, "append-only", "The delta log is append-only"),
+    "22P02": (400, "malformed-json", "The body is not valid JSON"),
+    "22P05": (400, "malformed-json", "The body holds text PostgreSQL cannot store"),
+    "54000": (413, "limit-exceeded", "A value is too large"),
+    "54001": (413, "limit-exceeded", "A value is nested too deeply"),
+    "57014": (503, "statement-timeout", "The database took too long"),
+    "40001": (503, "database-busy", "The database asked to retry"),
+    "40P01": (503, "database-busy", "The database asked to retry"),
+}
+
+
+class Problem(Exception):
+    """An error with an HTTP status, a stable type and a human detail."""
+
+    def __init__(self, status: int, slug: str, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.title = title
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def type(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "success": False,
+            **self.extra,
+        }
+
+
+def malformed(detail: str) -> Problem:
+    return Problem(400, "malformed-request", "The request is malformed", detail)
+
+
+def invalid(detail: str, **extra: Any) -> Problem:
+    return Problem(422, "invalid-delta", "The delta is invalid", detail, **extra)
+
+
+def too_large(detail: str, **extra: Any) -> Problem:
+    return Problem(413, "limit-exceeded", "A limit was exceeded", detail, **extra)
+
+
+def invalid_id(detail: str, **extra: Any) -> Problem:
+    return Problem(422, "invalid-id", "An identifier is invalid", detail, **extra)
+
+
+def database_unavailable(detail: str = "the database is unavailable") -> Problem:
+    return Problem(503, "database-unavailable", "The database is unavailable", detail)
+
+
+def from_sqlstate(sqlstate: str | None, message: str, detail: str | None) -> Problem | None:
+    """The problem for a database error, or None when the error is not in the table (a bug)."""
+    known = SQLSTATE_PROBLEMS.get(sqlstate or "")
+    if known is None:
+        return None
+    status, slug, title = known
+    extra: dict[str, Any] = {}
+    if detail and detail.startswith("{"):
+        try:
+            extra = json.loads(detail)
+        except ValueError:
+            extra = {}
+    return Problem(status, slug, title, message, **extra)

@@ -1,0 +1,86 @@
+"""Settings, read once from the environment (SMS_*)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SystemExit(f"{name} must be true or false, not {raw!r}")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits on every input; each is configurable through its SMS_MAX_* variable."""
+
+    max_body_bytes: int = 8 * 1024 * 1024  # a full-state replace may be a few MB; deltas are tiny
+    max_paths: int = 1000  # paths in one delta
+    max_depth: int = 32  # nesting of JSON values in a body
+    max_key_length: int = 512  # a delta path, in characters
+    max_id_length: int = 128  # tenant, fsa, actor, lineage and idempotency ids, in characters
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(
+            max_body_bytes=_int("SMS_MAX_BODY_BYTES", cls.max_body_bytes),
+            max_paths=_int("SMS_MAX_PATHS", cls.max_paths),
+            max_depth=_int("SMS_MAX_DEPTH", cls.max_depth),
+            max_key_length=_int("SMS_MAX_KEY_LENGTH", cls.max_key_length),
+            max_id_length=_int("SMS_MAX_ID_LENGTH", cls.max_id_length),
+        )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the database is, where to listen, and the limits.
+
+    With no `database_url` the service starts an embedded PostgreSQL in `data_dir`.
+    """
+
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("sms")))
+    migrate_on_start: bool = True
+    pool_min_size: int = 2
+    pool_max_size: int = 20
+    statement_timeout_ms: int = 5000
+    notify: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        data_dir = os.environ.get("SMS_DATA_DIR")
+        return cls(
+            database_url=os.environ.get("SMS_DATABASE_URL") or None,
+            host=os.environ.get("SMS_HOST", cls.host),
+            port=_int("SMS_PORT", cls.port),
+            data_dir=Path(data_dir) if data_dir else Path(platformdirs.user_data_dir("sms")),
+            migrate_on_start=_bool("SMS_MIGRATE_ON_START", cls.migrate_on_start),
+            pool_min_size=_int("SMS_POOL_MIN_SIZE", cls.pool_min_size),
+            pool_max_size=_int("SMS_POOL_MAX_SIZE", cls.pool_max_size),
+            statement_timeout_ms=_int("SMS_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms),
+            notify=_bool("SMS_NOTIFY", cls.notify),
+            limits=Limits.from_env(),
+        )

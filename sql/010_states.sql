@@ -1,0 +1,13 @@
+-- sms.states: one small header row per (tenant_id, fsa_id).
+-- apply_delta locks this row to serialise the writers of one state; `version` is the number of
+-- deltas applied (gap-free), the counters describe sms.entries without scanning it.
+CREATE TABLE sms.states (
+    tenant_id     text        NOT NULL,
+    fsa_id        text        NOT NULL,
+    version       bigint      NOT NULL DEFAULT 0,
+    entry_count   bigint      NOT NULL DEFAULT 0,
+    content_bytes bigint      NOT NULL DEFAULT 0,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, fsa_id)
+);

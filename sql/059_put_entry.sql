@@ -1,0 +1,28 @@
+-- sms.put_entry(...): stores one entry's new value given its old one (NULL = absent): insert,
+-- update, delete, or nothing when the value did not change. Returns the change in entry count
+-- and content bytes.
+CREATE OR REPLACE FUNCTION sms.put_entry(p_tenant_id text, p_fsa_id text, p_collection text,
+                                         p_is_member boolean, p_member text, p_old jsonb, p_new jsonb,
+                                         p_version bigint, OUT entry_delta bigint, OUT byte_delta bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    entry_delta := 0;
+    byte_delta := coalesce(pg_column_size(p_new), 0) - coalesce(pg_column_size(p_old), 0);
+    IF p_new IS NOT DISTINCT FROM p_old THEN
+        byte_delta := 0;
+    ELSIF p_old IS NULL THEN
+        INSERT INTO sms.entries (tenant_id, fsa_id, collection, is_member, member, value, version)
+        VALUES (p_tenant_id, p_fsa_id, p_collection, p_is_member, p_member, p_new, p_version);
+        entry_delta := 1;
+    ELSIF p_new IS NULL THEN
+        DELETE FROM sms.entries
+         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
+           AND is_member = p_is_member AND member = p_member;
+        entry_delta := -1;
+    ELSE
+        UPDATE sms.entries SET value = p_new, version = p_version
+         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
+           AND is_member = p_is_member AND member = p_member;
+    END IF;
+END;
+$$;

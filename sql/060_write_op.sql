@@ -1,0 +1,88 @@
+-- sms.write_op(tenant, fsa, version, op): applies one normalised op to sms.entries, touching only
+-- the entries on its path (cost ∝ the entry, never the state). Returns how the state's entry
+-- count and content bytes changed. The caller (sms.apply_delta) holds the state's lock.
+CREATE OR REPLACE FUNCTION sms.write_op(p_tenant_id text, p_fsa_id text, p_version bigint, p_op jsonb,
+                                        OUT entry_delta bigint, OUT byte_delta bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_keys text[] := ARRAY(SELECT jsonb_array_elements_text(p_op -> 'path'));
+    v_op   text   := p_op ->> 'op';
+    v_arg  jsonb  := p_op -> 'value';
+    v_at   text   := sms.format_path(v_keys);
+    v_top  jsonb;   -- the top-level row: NULL if absent, the marker '{}' if an object
+    v_key  text;
+    v_old  jsonb;
+    v_new  jsonb;
+BEGIN
+    entry_delta := 0;
+    byte_delta := 0;
+    SELECT value INTO v_top FROM sms.entries
+     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1] AND NOT is_member;
+
+    IF cardinality(v_keys) = 1 AND v_op IN ('set', 'unset') THEN
+        -- replace or remove a whole top-level key
+        WITH gone AS (
+            DELETE FROM sms.entries
+             WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1]
+            RETURNING pg_column_size(value) AS size)
+        SELECT -count(*), -coalesce(sum(size), 0) INTO entry_delta, byte_delta FROM gone;
+        IF v_op = 'set' THEN
+            WITH added AS (
+                INSERT INTO sms.entries (tenant_id, fsa_id, collection, is_member, member, value, version)
+                SELECT p_tenant_id, p_fsa_id, v_keys[1], false, '',
+                       CASE WHEN jsonb_typeof(v_arg) = 'object' THEN '{}' ELSE v_arg END, p_version
+                UNION ALL
+                SELECT p_tenant_id, p_fsa_id, v_keys[1], true, key, value, p_version
+                  FROM jsonb_each(CASE WHEN jsonb_typeof(v_arg) = 'object' THEN v_arg ELSE '{}' END)
+                RETURNING pg_column_size(value) AS size)
+            SELECT entry_delta + count(*), byte_delta + sum(size) INTO entry_delta, byte_delta FROM added;
+        END IF;
+        RETURN;
+    END IF;
+
+    IF cardinality(v_keys) = 1 AND v_op <> 'merge' THEN
+        -- an operator on a top-level value; on an object marker apply_op raises the type mismatch
+        v_new := sms.apply_op(v_top, '{}', v_op, v_arg, v_at);
+        SELECT d.entry_delta, d.byte_delta INTO entry_delta, byte_delta
+          FROM sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', v_top, v_new, p_version) d;
+        RETURN;
+    END IF;
+
+    IF cardinality(v_keys) = 1 AND jsonb_typeof(v_top) <> 'object' THEN
+        -- $merge replaces a value that is not an object (RFC 7396)
+        SELECT d.entry_delta, d.byte_delta INTO entry_delta, byte_delta
+          FROM sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', v_top, NULL, p_version) d;
+        v_top := NULL;
+    END IF;
+    IF v_top IS NOT NULL AND jsonb_typeof(v_top) <> 'object' THEN
+        -- writing through a scalar or array: apply_op raises (or ignores $unset/$remove)
+        PERFORM sms.apply_op(v_top, v_keys[2:], v_op, v_arg, v_at);
+        RETURN;
+    END IF;
+    IF v_top IS NULL AND v_op IN ('unset', 'remove') THEN
+        RETURN;
+    END IF;
+    IF v_top IS NULL THEN
+        INSERT INTO sms.entries (tenant_id, fsa_id, collection, is_member, member, value, version)
+        VALUES (p_tenant_id, p_fsa_id, v_keys[1], false, '', '{}', p_version);
+        entry_delta := entry_delta + 1;
+        byte_delta := byte_delta + pg_column_size('{}'::jsonb);
+    END IF;
+
+    -- $merge on a whole collection touches one member per key of the patch; any other op one member
+    FOR v_key, v_arg IN
+        SELECT key, value FROM jsonb_each(v_arg) WHERE cardinality(v_keys) = 1
+        UNION ALL
+        SELECT v_keys[2], v_arg WHERE cardinality(v_keys) > 1
+    LOOP
+        SELECT value INTO v_old FROM sms.entries
+         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1]
+           AND is_member AND member = v_key;
+        v_new := CASE WHEN cardinality(v_keys) = 1
+                      THEN nullif(sms.merge_patch(v_old, v_arg), 'null')
+                      ELSE sms.apply_op(v_old, v_keys[3:], v_op, v_arg, v_at) END;
+        SELECT write_op.entry_delta + d.entry_delta, write_op.byte_delta + d.byte_delta INTO entry_delta, byte_delta
+          FROM sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], true, v_key, v_old, v_new, p_version) d;
+    END LOOP;
+END;
+$$;

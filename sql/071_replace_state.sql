@@ -1,0 +1,47 @@
+-- sms.replace_state(...): replaces the whole state with p_document, logged as one delta that sets
+-- each of its top-level keys and unsets every other one. Same arguments, result and guarantees
+-- as sms.apply_delta. The state is locked before its keys are read, so a concurrent writer can't
+-- slip a key past the replacement.
+CREATE OR REPLACE FUNCTION sms.replace_state(
+    p_tenant_id        text,
+    p_fsa_id           text,
+    p_document         jsonb,
+    p_actor            text   DEFAULT NULL,
+    p_lineage_id       text   DEFAULT NULL,
+    p_delta_id         uuid   DEFAULT NULL,
+    p_expected_version bigint DEFAULT NULL,
+    p_meta             jsonb  DEFAULT '{}',
+    p_trace_id         text   DEFAULT NULL,
+    p_parent_id        text   DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_delta jsonb;
+BEGIN
+    IF p_document IS NULL OR jsonb_typeof(p_document) <> 'object' THEN
+        PERFORM sms.raise_invalid('', format('a state must be a JSON object, not %s',
+                                             coalesce(jsonb_typeof(p_document), 'nothing')));
+    END IF;
+    IF EXISTS (SELECT FROM jsonb_object_keys(p_document) k WHERE left(k, 1) = '$') THEN
+        PERFORM sms.raise_invalid('', 'top-level keys of a state may not start with $ (they are reserved in deltas)');
+    END IF;
+    PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, ''));
+    INSERT INTO sms.states (tenant_id, fsa_id) VALUES (p_tenant_id, p_fsa_id) ON CONFLICT DO NOTHING;
+    PERFORM FROM sms.states WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id FOR UPDATE;
+
+    SELECT jsonb_object_agg(sms.format_path(ARRAY[key]), op) INTO v_delta FROM (
+        SELECT key, jsonb_build_object('$set', value) AS op FROM jsonb_each(p_document)
+        UNION ALL
+        SELECT collection, '{"$unset": true}' FROM sms.entries
+         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND NOT is_member
+           AND NOT p_document ? collection
+    ) d;
+    IF v_delta IS NULL THEN
+        -- {} over an empty state changes nothing, so nothing is logged
+        RETURN jsonb_build_object('success', true, 'delta_id', NULL, 'changed', '[]'::jsonb, 'duplicate', false,
+            'version', (SELECT version FROM sms.states WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id));
+    END IF;
+    RETURN sms.apply_delta(p_tenant_id, p_fsa_id, v_delta, p_actor, p_lineage_id, p_delta_id,
+                           p_expected_version, p_meta, p_trace_id, p_parent_id);
+END;
+$$;
