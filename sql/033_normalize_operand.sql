@@ -33,7 +33,7 @@ BEGIN
             IF jsonb_typeof(p_arg -> '$each') <> 'array' THEN
                 PERFORM sms.raise_invalid(p_path, format('$each at "%s" takes an array', p_path));
             END IF;
-            v_slice := p_arg -> '$slice';
+            v_slice := nullif(p_arg -> '$slice', 'null');
             IF v_slice IS NOT NULL AND (jsonb_typeof(v_slice) <> 'number'
                                         OR (v_slice #>> '{}')::numeric <> trunc((v_slice #>> '{}')::numeric)
                                         OR abs((v_slice #>> '{}')::numeric) > 1000000) THEN

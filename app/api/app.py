@@ -32,8 +32,13 @@ def _on_problem(_: Request, exc: Problem) -> Response:
     return problem_response(exc, headers)
 
 
-_HTTP_SLUGS = {400: "malformed-request", 404: "not-found", 405: "method-not-allowed", 413: "limit-exceeded",
-               415: "unsupported-media-type"}
+_HTTP_SLUGS = {
+    400: "malformed-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "limit-exceeded",
+    415: "unsupported-media-type",
+}
 
 
 def _on_http_exception(_: Request, exc: HTTPException) -> Response:
@@ -41,8 +46,9 @@ def _on_http_exception(_: Request, exc: HTTPException) -> Response:
     detail = exc.detail
     extra = exc.extra if isinstance(exc.extra, dict) else {}
     if isinstance(exc.extra, list) and exc.extra:
-        detail = f"{detail}: " + "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e)
-                                            for e in exc.extra)
+        detail = f"{detail}: " + "; ".join(
+            str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in exc.extra
+        )
     problem = Problem(exc.status_code, slug, str(exc.detail), str(detail), **extra)
     return problem_response(problem, getattr(exc, "headers", None))
 

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
@@ -28,6 +29,7 @@ from app.settings import Settings
 JSON = "application/json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
+Db = NamedDependency[Database]
 TenantId = Annotated[str, Parameter(description="Tenant id (1 to 128 characters)")]
 FsaId = Annotated[str, Parameter(description="State id within the tenant (1 to 128 characters)")]
 
@@ -68,13 +70,13 @@ async def _delta_text(request: Request, settings: Settings) -> str:
 
 
 @get("/health", sync_to_thread=False)
-async def health(db: Database) -> dict[str, Any]:
+async def health(db: Db) -> dict[str, Any]:
     """Liveness and database reachability (503 when the database is down)."""
     return {"status": "ok", "database": "ok", "postgres": await db.health()}
 
 
 @get("/state/{tenant_id:str}/{fsa_id:str}")
-async def read_state(request: Request, db: Database, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
+async def read_state(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """The full state: {"tenant_id", "fsa_id", "version", "state"}. ETag is the version; a
     matching If-None-Match gives 304. A state never written is {} at version 0."""
     _check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
@@ -87,7 +89,7 @@ async def read_state(request: Request, db: Database, state: State, tenant_id: Te
 
 
 @post("/state/{tenant_id:str}/{fsa_id:str}", status_code=HTTP_200_OK)
-async def replace_state(request: Request, db: Database, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
+async def replace_state(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """Create or replace the whole state with the JSON object in the body, logged as one delta."""
     settings = _settings(state)
     _check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
@@ -99,7 +101,7 @@ async def replace_state(request: Request, db: Database, state: State, tenant_id:
 
 
 @post("/state/{tenant_id:str}/{fsa_id:str}/delta", status_code=HTTP_200_OK)
-async def apply_delta(request: Request, db: Database, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
+async def apply_delta(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """Apply a delta: the body is the delta map (DESIGN §4.1); metadata as query parameters
     (actor, lineage_id, delta_id, expected_version, and any others kept as meta) or headers
     (X-Actor, X-Lineage-Id, traceparent, Idempotency-Key, If-Match)."""
@@ -114,7 +116,7 @@ async def apply_delta(request: Request, db: Database, state: State, tenant_id: T
 @post("/validate/delta", status_code=HTTP_200_OK)
 async def validate_delta(
     request: Request,
-    db: Database,
+    db: Db,
     state: State,
     tenant_id: Annotated[str | None, Parameter(description="With fsa_id: dry-run against that state")] = None,
     fsa_id: Annotated[str | None, Parameter(description="With tenant_id: dry-run against that state")] = None,
@@ -136,7 +138,7 @@ async def validate_delta(
 
 @get("/state/{tenant_id:str}/{fsa_id:str}/deltas")
 async def read_deltas(
-    db: Database,
+    db: Db,
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,

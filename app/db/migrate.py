@@ -30,7 +30,7 @@ def sqlalchemy_url(database_url: str) -> str:
     """The psycopg (v3) dialect URL that alembic's engine needs, from a libpq-style URL."""
     for prefix in ("postgresql://", "postgres://"):
         if database_url.startswith(prefix):
-            return "postgresql+psycopg://" + database_url[len(prefix):]
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
     return database_url
 
 

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 
 from app.domain.delta import WriteMeta
-from app.errors import Problem, database_unavailable, from_sqlstate
+from app.errors import database_unavailable, from_sqlstate
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,7 @@ class Database:
             async with self.pool.acquire() as conn:
                 yield conn
         except asyncpg.PostgresError as exc:
-            problem = from_sqlstate(exc.sqlstate, exc.args[0] if exc.args else str(exc),
-                                    getattr(exc, "detail", None))
+            problem = from_sqlstate(exc.sqlstate, exc.args[0] if exc.args else str(exc), getattr(exc, "detail", None))
             if problem is None:
                 raise
             raise problem from None
@@ -136,7 +135,8 @@ class Database:
             try:
                 current = await conn.fetchval(
                     "SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0)",
-                    tenant_id, fsa_id,
+                    tenant_id,
+                    fsa_id,
                 )
                 result = await conn.fetchval(
                     _APPLY.format(function="apply_delta"), *_args(tenant_id, fsa_id, delta, meta)
@@ -153,7 +153,9 @@ class Database:
         async with self._connection() as conn:
             return await conn.fetchval("SELECT sms.normalize_delta($1::text::jsonb)", delta)
 
-    async def read_state(self, tenant_id: str, fsa_id: str, unless_version: int | None = None) -> tuple[int, str | None]:
+    async def read_state(
+        self, tenant_id: str, fsa_id: str, unless_version: int | None = None
+    ) -> tuple[int, str | None]:
         """(version, {"tenant_id","fsa_id","version","state"} as JSON text); the text is None when
         the state is still at `unless_version` (a conditional GET)."""
         async with self._connection() as conn:
@@ -168,6 +170,14 @@ class Database:
 
 def _args(tenant_id: str, fsa_id: str, body: str, meta: WriteMeta) -> tuple[Any, ...]:
     return (
-        tenant_id, fsa_id, body, meta.actor, meta.lineage_id, meta.delta_id,
-        meta.expected_version, msgspec.json.encode(meta.meta).decode(), meta.trace_id, meta.parent_id,
+        tenant_id,
+        fsa_id,
+        body,
+        meta.actor,
+        meta.lineage_id,
+        meta.delta_id,
+        meta.expected_version,
+        msgspec.json.encode(meta.meta).decode(),
+        meta.trace_id,
+        meta.parent_id,
     )

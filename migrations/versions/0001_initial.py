@@ -27,4 +27,3 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP SCHEMA sms CASCADE")
-

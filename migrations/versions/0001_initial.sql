@@ -273,7 +273,7 @@ BEGIN
             IF jsonb_typeof(p_arg -> '$each') <> 'array' THEN
                 PERFORM sms.raise_invalid(p_path, format('$each at "%s" takes an array', p_path));
             END IF;
-            v_slice := p_arg -> '$slice';
+            v_slice := nullif(p_arg -> '$slice', 'null');
             IF v_slice IS NOT NULL AND (jsonb_typeof(v_slice) <> 'number'
                                         OR (v_slice #>> '{}')::numeric <> trunc((v_slice #>> '{}')::numeric)
                                         OR abs((v_slice #>> '{}')::numeric) > 1000000) THEN
@@ -317,6 +317,18 @@ BEGIN
     END LOOP;
     RETURN v_out;
 END;
+$$;
+
+-- ===== sql/035_ops_to_delta.sql
+-- sms.ops_to_delta(ops): the wire-format delta of a list of normalised ops (sms.deltas.ops), so
+-- that the log can be replayed through sms.apply_delta: normalize_delta(ops_to_delta(ops)) gives
+-- back the same ops.
+CREATE OR REPLACE FUNCTION sms.ops_to_delta(p_ops jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(jsonb_object_agg(
+               sms.format_path(ARRAY(SELECT jsonb_array_elements_text(o -> 'path'))),
+               jsonb_build_object('$' || (o ->> 'op'), o -> 'value')), '{}')
+      FROM jsonb_array_elements(p_ops) o;
 $$;
 
 -- ===== sql/040_merge_patch.sql

