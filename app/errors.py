@@ -21,6 +21,9 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
     "SM006": (413, "limit-exceeded", "A limit was exceeded"),
     "SM007": (422, "invalid-id", "An identifier is invalid"),
     "SM008": (409, "append-only", "The delta log is append-only"),
+    "SM009": (400, "invalid-slice", "The slice request is invalid"),
+    "42601": (400, "invalid-predicate", "The where predicate is not valid SQL/JSON path"),
+    "2201B": (400, "invalid-predicate", "A regular expression in the predicate is invalid"),
     "22P02": (400, "malformed-json", "The body is not valid JSON"),
     "22P05": (400, "malformed-json", "The body holds text PostgreSQL cannot store"),
     "54000": (413, "limit-exceeded", "A value is too large"),
@@ -71,6 +74,10 @@ def too_large(detail: str, **extra: Any) -> Problem:
 
 def invalid_id(detail: str, **extra: Any) -> Problem:
     return Problem(422, "invalid-id", "An identifier is invalid", detail, **extra)
+
+
+def invalid_slice(detail: str) -> Problem:
+    return Problem(400, "invalid-slice", "The slice request is invalid", detail)
 
 
 def database_unavailable(detail: str = "the database is unavailable") -> Problem:

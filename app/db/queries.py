@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import msgspec
 
+from app.domain import jsontext
 from app.domain.delta import WriteMeta
 from app.errors import database_unavailable, from_sqlstate
 
@@ -24,11 +24,12 @@ _APPLY = """
 SELECT sms.{function}($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text
 """
 
+# Built as text rather than with json_build_object, whose output pads every colon with spaces.
 _READ_STATE = """
 SELECT s.version,
        CASE WHEN s.version IS DISTINCT FROM $3 THEN
-           json_build_object('tenant_id', $1::text, 'fsa_id', $2::text, 'version', s.version,
-                             'state', sms.document($1, $2))::text
+           '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text)
+           || ',"version":' || s.version || ',"state":' || sms.document($1, $2)::text || '}'
        END
   FROM (SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0) AS version) s
 """
@@ -41,12 +42,26 @@ WITH page AS (
      ORDER BY version
      LIMIT $4 + 1
 )
-SELECT json_build_object(
-           'tenant_id', $1::text, 'fsa_id', $2::text, 'since', $3::bigint,
-           'version', coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0),
-           'deltas', coalesce((SELECT json_agg(p ORDER BY p.version)
-                                 FROM (SELECT * FROM page ORDER BY version LIMIT $4) p), '[]'),
-           'more', (SELECT count(*) FROM page) > $4)::text
+SELECT '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text) || ',"since":' || $3::bigint
+       || ',"version":' || coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0)
+       || ',"deltas":' || coalesce((SELECT json_agg(p ORDER BY p.version)
+                                     FROM (SELECT * FROM page ORDER BY version LIMIT $4) p), '[]')::text
+       || ',"more":' || ((SELECT count(*) FROM page) > $4)::text || '}'
+"""
+
+
+_READ_SLICE = """
+WITH r AS (SELECT sms.read_slice($1, $2, $3, $4, $5, $6::jsonpath, $7) AS read),
+hit AS (
+    -- count the hit without ever waiting: a row another reader is bumping is skipped
+    UPDATE sms.summary_cache c SET hits = c.hits + 1, last_used_at = now()
+      FROM r
+     WHERE (r.read ->> 'cached')::boolean AND c.tenant_id = $1 AND c.fsa_id = $2
+       AND c.ctid = (SELECT ctid FROM sms.summary_cache
+                      WHERE tenant_id = $1 AND fsa_id = $2 AND cache_key = r.read ->> 'cache_key'
+                        FOR UPDATE SKIP LOCKED)
+)
+SELECT read FROM r
 """
 
 
@@ -56,8 +71,8 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             type_name,
             schema="pg_catalog",
-            encoder=lambda v: v if isinstance(v, str) else msgspec.json.encode(v).decode(),
-            decoder=msgspec.json.decode,
+            encoder=lambda v: v if isinstance(v, str) else jsontext.encode(v).decode(),
+            decoder=jsontext.decode,
         )
 
 
@@ -143,7 +158,7 @@ class Database:
                 )
             finally:
                 await tx.rollback()
-        outcome = msgspec.json.decode(result)
+        outcome = jsontext.decode(result)
         if meta.delta_id is None:
             del outcome["delta_id"]  # a fresh id that no delta will ever carry
         return {**outcome, "current_version": current}
@@ -162,6 +177,29 @@ class Database:
             row = await conn.fetchrow(_READ_STATE, tenant_id, fsa_id, unless_version)
         return row[0], row[1]
 
+    async def read_slice(
+        self, tenant_id: str, fsa_id: str, spec: str, k: int | None, order: str, where: str | None, options: str
+    ) -> dict[str, Any]:
+        """A slice through the summary cache (sms.read_slice): cached with its summary body, or
+        fresh with the fingerprint to store it under."""
+        async with self._connection() as conn:
+            return await conn.fetchval(_READ_SLICE, tenant_id, fsa_id, spec, k, order, where, options)
+
+    async def store_slice_summary(self, tenant_id: str, fsa_id: str, read: dict[str, Any], summary: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("SELECT sms.store_slice_summary($1, $2, $3, $4)", tenant_id, fsa_id, read, summary)
+
+    async def read_document(self, tenant_id: str, fsa_id: str) -> tuple[int, dict[str, Any]]:
+        """(version, the whole state) from one snapshot."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0),"
+                " sms.document($1, $2)",
+                tenant_id,
+                fsa_id,
+            )
+        return row[0], row[1]
+
     async def read_deltas(self, tenant_id: str, fsa_id: str, since: int, limit: int) -> str:
         """The log after version `since`, oldest first, at most `limit` entries, as JSON text."""
         async with self._connection() as conn:
@@ -177,7 +215,7 @@ def _args(tenant_id: str, fsa_id: str, body: str, meta: WriteMeta) -> tuple[Any,
         meta.lineage_id,
         meta.delta_id,
         meta.expected_version,
-        msgspec.json.encode(meta.meta).decode(),
+        jsontext.encode(meta.meta).decode(),
         meta.trace_id,
         meta.parent_id,
     )

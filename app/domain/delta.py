@@ -10,16 +10,14 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import msgspec
 
+from app.domain import jsontext
 from app.errors import invalid, invalid_id, malformed, too_large
 from app.settings import Limits
 
-_ENCODER = msgspec.json.Encoder(decimal_format="number")
-_DECODER = msgspec.json.Decoder(float_hook=Decimal)
 # Idempotency keys that are not UUIDs are mapped to one deterministically.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0f6a52-3f0e-4d3c-9a55-3c1f3e1f5a10")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
@@ -32,7 +30,7 @@ def decode_body(body: bytes, limits: Limits) -> Any:
     if not body.strip():
         raise malformed("the body is empty; send a JSON object")
     try:
-        value = _DECODER.decode(body)
+        value = jsontext.decode(body)
     except UnicodeDecodeError:
         raise malformed("the body is not valid UTF-8") from None
     except msgspec.DecodeError as exc:
@@ -89,7 +87,7 @@ def check_document(document: Any, limits: Limits) -> None:
 
 def encode(value: Any) -> str:
     """JSON text of a decoded value, with Decimals written back as exact numbers."""
-    return _ENCODER.encode(value).decode()
+    return jsontext.encode(value).decode()
 
 
 def _json_type(value: Any) -> str:
