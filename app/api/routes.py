@@ -4,7 +4,7 @@ and its JSON text back; the merge and every guarantee live in SQL."""
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
@@ -14,6 +14,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
 from app.db.queries import Database
+from app.domain import jsontext
 from app.domain.delta import (
     check_delta,
     check_document,
@@ -23,13 +24,16 @@ from app.domain.delta import (
     from_merge_patch,
     write_meta,
 )
-from app.errors import invalid_id
+from app.domain.summary import slice_body, slice_header, state_summary
+from app.errors import invalid_id, invalid_slice
 from app.settings import Settings
 
 JSON = "application/json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Db = NamedDependency[Database]
+DEFAULT_MAX_TOKENS = 300
+MaxTokens = Annotated[int, Parameter(ge=20, le=8000, description="Token budget of the summary (≈ 4 characters each)")]
 TenantId = Annotated[str, Parameter(description="Tenant id (1 to 128 characters)")]
 FsaId = Annotated[str, Parameter(description="State id within the tenant (1 to 128 characters)")]
 
@@ -47,8 +51,10 @@ def _check_ids(settings: Settings, **ids: str) -> None:
             )
 
 
-def _json(text: str, status_code: int = HTTP_200_OK, headers: dict[str, str] | None = None) -> Response:
-    return Response(text.encode(), status_code=status_code, media_type=JSON, headers=headers)
+def _json(text: str | bytes, status_code: int = HTTP_200_OK, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        text.encode() if isinstance(text, str) else text, status_code=status_code, media_type=JSON, headers=headers
+    )
 
 
 async def _delta_text(request: Request, settings: Settings) -> str:
@@ -69,23 +75,86 @@ async def _delta_text(request: Request, settings: Settings) -> str:
     return encode(value)
 
 
-@get("/health", sync_to_thread=False)
+@get("/health")
 async def health(db: Db) -> dict[str, Any]:
     """Liveness and database reachability (503 when the database is down)."""
     return {"status": "ok", "database": "ok", "postgres": await db.health()}
 
 
 @get("/state/{tenant_id:str}/{fsa_id:str}")
-async def read_state(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
+async def read_state(
+    request: Request,
+    db: Db,
+    state: State,
+    tenant_id: TenantId,
+    fsa_id: FsaId,
+    summary: Annotated[bool, Parameter(description="Return {version, summary} of the whole state")] = False,
+    max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
+) -> Response:
     """The full state: {"tenant_id", "fsa_id", "version", "state"}. ETag is the version; a
-    matching If-None-Match gives 304. A state never written is {} at version 0."""
+    matching If-None-Match gives 304. A state never written is {} at version 0. With
+    summary=true: {"tenant_id", "fsa_id", "version", "summary"} within max_tokens."""
     _check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    if summary:
+        version, document = await db.read_document(tenant_id, fsa_id)
+        text = state_summary(tenant_id, fsa_id, version, document, max_tokens)
+        body = {"tenant_id": tenant_id, "fsa_id": fsa_id, "version": version, "summary": text}
+        return _json(jsontext.encode(body), headers={"ETag": f'"{version}"'})
     known = _etag_version(request.headers.get("if-none-match"))
     version, body = await db.read_state(tenant_id, fsa_id, unless_version=known)
     headers = {"ETag": f'"{version}"'}
     if body is None:
         return Response(b"", status_code=304, headers=headers)
     return _json(body, headers=headers)
+
+
+@get("/state/{tenant_id:str}/{fsa_id:str}/slice")
+async def read_slice(
+    db: Db,
+    state: State,
+    tenant_id: TenantId,
+    fsa_id: FsaId,
+    specs: Annotated[
+        list[str],
+        Parameter(
+            query="slice", description="Slice spec(s): task:DESIGN_*, resources.inventory, … (repeat or comma-separate)"
+        ),
+    ],
+    k: Annotated[int | None, Parameter(ge=1, le=10_000, description="Entries per spec, after ordering")] = None,
+    order: Annotated[Literal["key", "recent"], Parameter(description="By key, or most recently changed first")] = "key",
+    where: Annotated[
+        str | None,
+        Parameter(max_length=1000, description='SQL/JSON path predicate on each entry, e.g. @.status == "OPEN"'),
+    ] = None,
+    max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
+) -> Response:
+    """A slice of the state and its LLM-ready summary (DESIGN §5, §6), through the summary cache.
+    `slice` is a sparse sub-document with the state's own nesting; `total` counts every match,
+    `truncated` says whether k cut any; `cached` says whether the summary came from the cache."""
+    _check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    spec = ",".join(specs)
+    if len(spec) > 2000:
+        raise invalid_slice("the slice spec is longer than 2000 characters")
+    path = f"$ ? ({where})" if where else None
+    read = await db.read_slice(tenant_id, fsa_id, spec, k, order, path, f"max_tokens={max_tokens}")
+    header = slice_header(tenant_id, fsa_id, read["version"], spec, read)
+    if read["cached"]:
+        body_text = read["summary"]
+    else:
+        body_text = slice_body(read, max_tokens)
+        await db.store_slice_summary(tenant_id, fsa_id, read, body_text)
+    response = {
+        "tenant_id": tenant_id,
+        "fsa_id": fsa_id,
+        "version": read["version"],
+        "slice": read["slice"],
+        "summary": header + ("\n" + body_text if body_text else ""),
+        "slice_pattern": spec,
+        "total": read["total"],
+        "truncated": read["truncated"],
+        "cached": read["cached"],
+    }
+    return _json(jsontext.encode(response), headers={"ETag": f'"{read["version"]}"'})
 
 
 @post("/state/{tenant_id:str}/{fsa_id:str}", status_code=HTTP_200_OK)
@@ -163,4 +232,4 @@ def _result_etag(result: str) -> dict[str, str]:
     return {"ETag": f'"{version}"'} if version is not None else {}
 
 
-ROUTES = [health, read_state, replace_state, apply_delta, validate_delta, read_deltas]
+ROUTES = [health, read_state, read_slice, replace_state, apply_delta, validate_delta, read_deltas]
