@@ -67,6 +67,8 @@ class Settings:
     pool_max_size: int = 20
     statement_timeout_ms: int = 5000
     notify: bool = True
+    keepalive_seconds: float = 15.0  # SSE keep-alive comments on an idle feed
+    feed_poll_seconds: float = 5.0  # subscribers re-read the log this often even without NOTIFY
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -82,5 +84,7 @@ class Settings:
             pool_max_size=_int("SMS_POOL_MAX_SIZE", cls.pool_max_size),
             statement_timeout_ms=_int("SMS_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms),
             notify=_bool("SMS_NOTIFY", cls.notify),
+            keepalive_seconds=_int("SMS_KEEPALIVE_SECONDS", int(cls.keepalive_seconds)),
+            feed_poll_seconds=_int("SMS_FEED_POLL_SECONDS", int(cls.feed_poll_seconds)),
             limits=Limits.from_env(),
         )

@@ -1,6 +1,7 @@
 -- sms.states: one small header row per (tenant_id, fsa_id).
 -- apply_delta locks this row to serialise the writers of one state; `version` is the number of
--- deltas applied (gap-free), the counters describe sms.entries without scanning it.
+-- deltas applied (gap-free), the counters describe sms.entries without scanning it
+-- (content_bytes: the size of the entries' JSON text).
 CREATE TABLE sms.states (
     tenant_id     text        NOT NULL,
     fsa_id        text        NOT NULL,

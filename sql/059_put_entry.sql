@@ -1,13 +1,13 @@
 -- sms.put_entry(...): stores one entry's new value given its old one (NULL = absent): insert,
 -- update, delete, or nothing when the value did not change. Returns the change in entry count
--- and content bytes.
+-- and content bytes (the size of the values' JSON text).
 CREATE OR REPLACE FUNCTION sms.put_entry(p_tenant_id text, p_fsa_id text, p_collection text,
                                          p_is_member boolean, p_member text, p_old jsonb, p_new jsonb,
                                          p_version bigint, OUT entry_delta bigint, OUT byte_delta bigint)
 LANGUAGE plpgsql AS $$
 BEGIN
     entry_delta := 0;
-    byte_delta := coalesce(pg_column_size(p_new), 0) - coalesce(pg_column_size(p_old), 0);
+    byte_delta := coalesce(octet_length(p_new::text), 0) - coalesce(octet_length(p_old::text), 0);
     IF p_new IS NOT DISTINCT FROM p_old THEN
         byte_delta := 0;
     ELSIF p_old IS NULL THEN

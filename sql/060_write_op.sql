@@ -24,7 +24,7 @@ BEGIN
         WITH gone AS (
             DELETE FROM sms.entries
              WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1]
-            RETURNING pg_column_size(value) AS size)
+            RETURNING octet_length(value::text) AS size)
         SELECT -count(*), -coalesce(sum(size), 0) INTO entry_delta, byte_delta FROM gone;
         IF v_op = 'set' THEN
             WITH added AS (
@@ -34,7 +34,7 @@ BEGIN
                 UNION ALL
                 SELECT p_tenant_id, p_fsa_id, v_keys[1], true, key, value, p_version
                   FROM jsonb_each(CASE WHEN jsonb_typeof(v_arg) = 'object' THEN v_arg ELSE '{}' END)
-                RETURNING pg_column_size(value) AS size)
+                RETURNING octet_length(value::text) AS size)
             SELECT entry_delta + count(*), byte_delta + sum(size) INTO entry_delta, byte_delta FROM added;
         END IF;
         RETURN;
@@ -66,7 +66,7 @@ BEGIN
         INSERT INTO sms.entries (tenant_id, fsa_id, collection, is_member, member, value, version)
         VALUES (p_tenant_id, p_fsa_id, v_keys[1], false, '', '{}', p_version);
         entry_delta := entry_delta + 1;
-        byte_delta := byte_delta + pg_column_size('{}'::jsonb);
+        byte_delta := byte_delta + 2;  -- the marker {}
     END IF;
 
     -- $merge on a whole collection touches one member per key of the patch; any other op one member

@@ -1,15 +1,9 @@
--- sms.apply_delta(...): applies one delta (DESIGN §4) to the state (tenant_id, fsa_id) in one
--- call and returns {"success": true, "version", "delta_id", "changed": [paths], "duplicate"}.
--- Guarantees:
---   * atomic: the entries, the log row and the NOTIFY commit together or not at all;
---   * serial per state: the header row is locked, versions are gap-free (v = previous + 1);
---   * idempotent: a known delta_id returns the first result and applies nothing (SM005 if the
---     same id comes with different ops);
---   * optimistic concurrency: p_expected_version and $expect are checked under the lock
---     (SM003 / SM004, reporting the current version and values);
---   * validation first: a malformed delta (SM001) or a type mismatch (SM002) applies nothing;
---   * exactly one NOTIFY on channel sms_changes with ids only (< 1 KB), unless the setting
---     sms.notify is 'off'.
+-- sms.apply_delta(...): applies one delta in its wire format (DESIGN §4) to the state
+-- (tenant_id, fsa_id) in one call: it is validated and normalised (sms.normalize_delta; SM001
+-- when malformed, nothing applied) and then applied by sms.apply_ops, with all of its guarantees
+-- (atomic, serial per state with gap-free versions, idempotent by delta_id, expected version and
+-- $expect checked under the lock, one NOTIFY). Returns {"success": true, "version", "delta_id",
+-- "changed": [paths], "duplicate"}.
 CREATE OR REPLACE FUNCTION sms.apply_delta(
     p_tenant_id        text,
     p_fsa_id           text,
@@ -24,102 +18,9 @@ CREATE OR REPLACE FUNCTION sms.apply_delta(
 ) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_delta       jsonb;
-    v_ops         jsonb;
-    v_version     bigint;
-    v_prior       sms.deltas;
-    v_failed      jsonb;
-    v_op          jsonb;
-    v_entries     bigint := 0;
-    v_bytes       bigint := 0;
-    v_paths       text[];
-    v_collections text[];
-    v_payload     text;
+    v_delta jsonb := sms.normalize_delta(p_delta);
 BEGIN
-    PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, '')),
-            sms.check_id('actor', p_actor), sms.check_id('lineage_id', p_lineage_id),
-            sms.check_id('trace_id', p_trace_id), sms.check_id('parent_id', p_parent_id);
-    IF p_meta IS NOT NULL AND jsonb_typeof(p_meta) <> 'object' THEN
-        PERFORM sms.raise_invalid('meta', 'meta must be a JSON object');
-    END IF;
-    v_delta := sms.normalize_delta(p_delta);
-    v_ops := v_delta -> 'ops';
-
-    INSERT INTO sms.states (tenant_id, fsa_id) VALUES (p_tenant_id, p_fsa_id) ON CONFLICT DO NOTHING;
-    SELECT version INTO v_version FROM sms.states
-     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id FOR UPDATE;
-
-    IF p_delta_id IS NOT NULL THEN
-        SELECT * INTO v_prior FROM sms.deltas
-         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND delta_id = p_delta_id;
-        IF FOUND THEN
-            IF v_prior.ops <> v_ops THEN
-                RAISE EXCEPTION USING ERRCODE = 'SM005',
-                    MESSAGE = format('delta_id %s was already used for a different delta (version %s)',
-                                     p_delta_id, v_prior.version),
-                    DETAIL = jsonb_build_object('delta_id', p_delta_id, 'version', v_prior.version)::text;
-            END IF;
-            RETURN jsonb_build_object('success', true, 'version', v_prior.version, 'delta_id', v_prior.delta_id,
-                                      'changed', to_jsonb(v_prior.paths), 'duplicate', true);
-        END IF;
-    END IF;
-
-    IF p_expected_version IS NOT NULL AND p_expected_version <> v_version THEN
-        RAISE EXCEPTION USING ERRCODE = 'SM003',
-            MESSAGE = format('expected version %s, but the state is at version %s', p_expected_version, v_version),
-            DETAIL = jsonb_build_object('current_version', v_version,
-                                        'current', sms.read_paths(p_tenant_id, p_fsa_id, v_ops))::text;
-    END IF;
-
-    SELECT jsonb_agg(sms.format_path(k)) INTO v_failed
-      FROM jsonb_array_elements(v_delta -> 'expect') e,
-           LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(e -> 'path'))) p(k),
-           LATERAL sms.read_path(p_tenant_id, p_fsa_id, k) cur
-     WHERE CASE WHEN e ? 'exists' THEN (cur IS NOT NULL) <> (e ->> 'exists')::boolean
-                ELSE cur IS DISTINCT FROM e -> 'value' END;
-    IF v_failed IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'SM004',
-            MESSAGE = format('$expect failed at %s', (SELECT string_agg(format('"%s"', f), ', ')
-                                                       FROM jsonb_array_elements_text(v_failed) f)),
-            DETAIL = jsonb_build_object('current_version', v_version, 'failed', v_failed,
-                                        'current', sms.read_paths(p_tenant_id, p_fsa_id, v_delta -> 'expect'))::text;
-    END IF;
-
-    v_version := v_version + 1;
-    FOR v_op IN SELECT value FROM jsonb_array_elements(v_ops) LOOP
-        SELECT v_entries + w.entry_delta, v_bytes + w.byte_delta INTO v_entries, v_bytes
-          FROM sms.write_op(p_tenant_id, p_fsa_id, v_version, v_op) w;
-    END LOOP;
-
-    SELECT array_agg(sms.format_path(k) ORDER BY n), array_agg(DISTINCT k[1])
-      INTO v_paths, v_collections
-      FROM jsonb_array_elements(v_ops) WITH ORDINALITY o(op, n),
-           LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(op -> 'path'))) p(k);
-
-    INSERT INTO sms.deltas (tenant_id, fsa_id, version, delta_id, actor, lineage_id, trace_id, parent_id,
-                            meta, ops, paths, collections)
-    VALUES (p_tenant_id, p_fsa_id, v_version, coalesce(p_delta_id, gen_random_uuid()), p_actor, p_lineage_id,
-            p_trace_id, p_parent_id, coalesce(p_meta, '{}'), v_ops, v_paths, v_collections)
-    RETURNING * INTO v_prior;
-
-    UPDATE sms.states
-       SET version = v_version, updated_at = now(),
-           entry_count = entry_count + v_entries, content_bytes = content_bytes + v_bytes
-     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id;
-
-    IF coalesce(current_setting('sms.notify', true), '') <> 'off' THEN
-        v_payload := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
-                                        'delta_id', v_prior.delta_id, 'actor', p_actor,
-                                        'lineage_id', p_lineage_id, 'collections', to_jsonb(v_collections))::text;
-        IF octet_length(v_payload) > 1000 THEN
-            -- many or long collection names: send ids only; subscribers read the rest from the log
-            v_payload := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
-                                            'delta_id', v_prior.delta_id, 'truncated', true)::text;
-        END IF;
-        PERFORM pg_notify('sms_changes', v_payload);
-    END IF;
-
-    RETURN jsonb_build_object('success', true, 'version', v_version, 'delta_id', v_prior.delta_id,
-                              'changed', to_jsonb(v_paths), 'duplicate', false);
+    RETURN sms.apply_ops(p_tenant_id, p_fsa_id, v_delta -> 'ops', v_delta -> 'expect', p_actor, p_lineage_id,
+                         p_delta_id, p_expected_version, p_meta, p_trace_id, p_parent_id);
 END;
 $$;

@@ -16,7 +16,7 @@ CREATE OR REPLACE FUNCTION sms.replace_state(
 ) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_delta jsonb;
+    v_ops jsonb;
 BEGIN
     IF p_document IS NULL OR jsonb_typeof(p_document) <> 'object' THEN
         PERFORM sms.raise_invalid('', format('a state must be a JSON object, not %s',
@@ -26,22 +26,27 @@ BEGIN
         PERFORM sms.raise_invalid('', 'top-level keys of a state may not start with $ (they are reserved in deltas)');
     END IF;
     PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, ''));
-    INSERT INTO sms.states (tenant_id, fsa_id) VALUES (p_tenant_id, p_fsa_id) ON CONFLICT DO NOTHING;
-    PERFORM FROM sms.states WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id FOR UPDATE;
-
-    SELECT jsonb_object_agg(sms.format_path(ARRAY[key]), op) INTO v_delta FROM (
-        SELECT key, jsonb_build_object('$set', value) AS op FROM jsonb_each(p_document)
-        UNION ALL
-        SELECT collection, '{"$unset": true}' FROM sms.entries
-         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND NOT is_member
-           AND NOT p_document ? collection
-    ) d;
-    IF v_delta IS NULL THEN
+    PERFORM sms.lock_state(p_tenant_id, p_fsa_id);
+    -- a retry: the ops logged the first time, which apply_ops answers as a duplicate
+    SELECT ops INTO v_ops FROM sms.deltas
+     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND delta_id = p_delta_id;
+    IF NOT FOUND THEN
+        -- ops rather than a wire delta: any key, even "", is a valid top-level key here
+        SELECT jsonb_agg(jsonb_build_object('path', jsonb_build_array(key), 'op', op, 'value', value) ORDER BY key)
+          INTO v_ops FROM (
+            SELECT key, 'set' AS op, value FROM jsonb_each(p_document)
+            UNION ALL
+            SELECT collection, 'unset', 'true'::jsonb FROM sms.entries
+             WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND NOT is_member
+               AND NOT p_document ? collection
+        ) d;
+    END IF;
+    IF v_ops IS NULL THEN
         -- {} over an empty state changes nothing, so nothing is logged
         RETURN jsonb_build_object('success', true, 'delta_id', NULL, 'changed', '[]'::jsonb, 'duplicate', false,
             'version', (SELECT version FROM sms.states WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id));
     END IF;
-    RETURN sms.apply_delta(p_tenant_id, p_fsa_id, v_delta, p_actor, p_lineage_id, p_delta_id,
-                           p_expected_version, p_meta, p_trace_id, p_parent_id);
+    RETURN sms.apply_ops(p_tenant_id, p_fsa_id, v_ops, '[]', p_actor, p_lineage_id, p_delta_id,
+                         p_expected_version, p_meta, p_trace_id, p_parent_id);
 END;
 $$;

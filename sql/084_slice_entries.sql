@@ -1,6 +1,6 @@
 -- sms.slice_entries(tenant, fsa, part): the member entries one parsed slice part covers (before
 -- any `where`), read by a range scan of entries_folded_member within its collection. A SQL
--- function so that it is inlined: callers that read only `version` get an index-only scan.
+-- function so that it is inlined into its callers.
 CREATE OR REPLACE FUNCTION sms.slice_entries(p_tenant_id text, p_fsa_id text, p_part jsonb)
 RETURNS TABLE (member text, value jsonb, version bigint)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$

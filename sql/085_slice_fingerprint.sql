@@ -1,7 +1,7 @@
 -- sms.slice_fingerprint(tenant, fsa, parts): changes whenever anything a slice covers changes.
 -- Per part: the count and the highest version of its candidate entries (an insert raises the
 -- highest version, a delete lowers the count, an update raises the version) and the version of
--- the top-level row. Reads keys and versions only, never values.
+-- the top-level row.
 CREATE OR REPLACE FUNCTION sms.slice_fingerprint(p_tenant_id text, p_fsa_id text, p_parts jsonb)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$

@@ -168,7 +168,8 @@ def make_client(settings: Settings):
 @pytest.fixture
 async def live_url(settings: Settings) -> AsyncIterator[str]:
     """The service on a real socket (uvicorn) in this event loop; yields its base URL."""
-    sock = socket.socket()
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that name it
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(create_app(settings, settings.database_url), log_level="warning", lifespan="on")

@@ -13,9 +13,12 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from app import __version__
+from app.api.events import EVENT_ROUTES
 from app.api.routes import ROUTES
+from app.db.listener import Listener
 from app.db.queries import Database
-from app.errors import Problem
+from app.errors import Problem, invalid_id
+from app.feed import Feed
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,13 @@ def _on_unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(Problem(500, "internal-error", "Internal error", "an unexpected error occurred"))
 
 
+def _refuse_encoded_slash(request: Request) -> None:
+    """Servers decode %2F before routing, so an id holding "/" would address another route;
+    ids may not hold "/", and such a request is refused instead of misrouted."""
+    if b"%2f" in request.scope.get("raw_path", b"").lower():
+        raise invalid_id('ids may not contain "/" (%2F)')
+
+
 def create_app(settings: Settings, database_url: str) -> Litestar:
     """The service, serving `database_url` (already migrated) within `settings`."""
 
@@ -70,24 +80,35 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             statement_timeout_ms=settings.statement_timeout_ms,
             notify=settings.notify,
         )
+        listener = Listener(database_url)
+        await listener.start()
+        app.state.feed = Feed(app.state.db, listener, poll_interval=settings.feed_poll_seconds)
         try:
             yield
         finally:
+            await listener.stop()
             await app.state.db.close()
 
     def provide_db(state: State) -> Database:
         return state.db
 
+    def provide_feed(state: State) -> Feed:
+        return state.feed
+
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *EVENT_ROUTES],
         lifespan=[lifespan],
         state=State({"settings": settings}),
-        dependencies={"db": Provide(provide_db, sync_to_thread=False)},
+        dependencies={
+            "db": Provide(provide_db, sync_to_thread=False),
+            "feed": Provide(provide_feed, sync_to_thread=False),
+        },
         exception_handlers={
             Problem: _on_problem,
             HTTPException: _on_http_exception,
             Exception: _on_unexpected,
         },
+        before_request=_refuse_encoded_slash,
         request_max_body_size=settings.limits.max_body_bytes,
         openapi_config=OpenAPIConfig(title="State Memory Service", version=__version__),
     )

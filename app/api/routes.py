@@ -10,7 +10,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import Parameter
+from litestar.params import PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
 from app.db.queries import Database
@@ -33,20 +33,23 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Db = NamedDependency[Database]
 DEFAULT_MAX_TOKENS = 300
-MaxTokens = Annotated[int, Parameter(ge=20, le=8000, description="Token budget of the summary (≈ 4 characters each)")]
-TenantId = Annotated[str, Parameter(description="Tenant id (1 to 128 characters)")]
-FsaId = Annotated[str, Parameter(description="State id within the tenant (1 to 128 characters)")]
+MaxTokens = Annotated[
+    int, QueryParameter(ge=20, le=8000, description="Token budget of the summary (≈ 4 characters each)")
+]
+TenantId = Annotated[str, PathParameter(description="Tenant id (1 to 128 characters)")]
+FsaId = Annotated[str, PathParameter(description="State id within the tenant (1 to 128 characters)")]
 
 
 def _settings(state: State) -> Settings:
     return state.settings
 
 
-def _check_ids(settings: Settings, **ids: str) -> None:
+def check_ids(settings: Settings, **ids: str) -> None:
+    """Tenant and state ids: 1 to max_id_length characters, no control characters, no "/"."""
     for name, value in ids.items():
-        if not value or len(value) > settings.limits.max_id_length or _CONTROL.search(value):
+        if not value or len(value) > settings.limits.max_id_length or _CONTROL.search(value) or "/" in value:
             raise invalid_id(
-                f"{name} must be 1 to {settings.limits.max_id_length} characters without control characters",
+                f'{name} must be 1 to {settings.limits.max_id_length} characters without control characters or "/"',
                 field=name,
             )
 
@@ -88,13 +91,13 @@ async def read_state(
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,
-    summary: Annotated[bool, Parameter(description="Return {version, summary} of the whole state")] = False,
+    summary: Annotated[bool, QueryParameter(description="Return {version, summary} of the whole state")] = False,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
 ) -> Response:
     """The full state: {"tenant_id", "fsa_id", "version", "state"}. ETag is the version; a
     matching If-None-Match gives 304. A state never written is {} at version 0. With
     summary=true: {"tenant_id", "fsa_id", "version", "summary"} within max_tokens."""
-    _check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
     if summary:
         version, document = await db.read_document(tenant_id, fsa_id)
         text = state_summary(tenant_id, fsa_id, version, document, max_tokens)
@@ -116,22 +119,24 @@ async def read_slice(
     fsa_id: FsaId,
     specs: Annotated[
         list[str],
-        Parameter(
+        QueryParameter(
             query="slice", description="Slice spec(s): task:DESIGN_*, resources.inventory, … (repeat or comma-separate)"
         ),
     ],
-    k: Annotated[int | None, Parameter(ge=1, le=10_000, description="Entries per spec, after ordering")] = None,
-    order: Annotated[Literal["key", "recent"], Parameter(description="By key, or most recently changed first")] = "key",
+    k: Annotated[int | None, QueryParameter(ge=1, le=10_000, description="Entries per spec, after ordering")] = None,
+    order: Annotated[
+        Literal["key", "recent"], QueryParameter(description="By key, or most recently changed first")
+    ] = "key",
     where: Annotated[
         str | None,
-        Parameter(max_length=1000, description='SQL/JSON path predicate on each entry, e.g. @.status == "OPEN"'),
+        QueryParameter(max_length=1000, description='SQL/JSON path predicate on each entry, e.g. @.status == "OPEN"'),
     ] = None,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
 ) -> Response:
     """A slice of the state and its LLM-ready summary (DESIGN §5, §6), through the summary cache.
     `slice` is a sparse sub-document with the state's own nesting; `total` counts every match,
     `truncated` says whether k cut any; `cached` says whether the summary came from the cache."""
-    _check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
     spec = ",".join(specs)
     if len(spec) > 2000:
         raise invalid_slice("the slice spec is longer than 2000 characters")
@@ -161,7 +166,7 @@ async def read_slice(
 async def replace_state(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """Create or replace the whole state with the JSON object in the body, logged as one delta."""
     settings = _settings(state)
-    _check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     body = await request.body()
     check_document(decode_body(body, settings.limits), settings.limits)
     meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
@@ -175,7 +180,7 @@ async def apply_delta(request: Request, db: Db, state: State, tenant_id: TenantI
     (actor, lineage_id, delta_id, expected_version, and any others kept as meta) or headers
     (X-Actor, X-Lineage-Id, traceparent, Idempotency-Key, If-Match)."""
     settings = _settings(state)
-    _check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     delta = await _delta_text(request, settings)
     meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
     result = await db.apply_delta(tenant_id, fsa_id, delta, meta)
@@ -187,8 +192,8 @@ async def validate_delta(
     request: Request,
     db: Db,
     state: State,
-    tenant_id: Annotated[str | None, Parameter(description="With fsa_id: dry-run against that state")] = None,
-    fsa_id: Annotated[str | None, Parameter(description="With tenant_id: dry-run against that state")] = None,
+    tenant_id: Annotated[str | None, QueryParameter(description="With fsa_id: dry-run against that state")] = None,
+    fsa_id: Annotated[str | None, QueryParameter(description="With tenant_id: dry-run against that state")] = None,
 ) -> dict[str, Any]:
     """Validate a delta without applying it. With tenant_id and fsa_id it is applied in a
     transaction that is rolled back, so the answer (the version it would get, the paths it would
@@ -199,7 +204,7 @@ async def validate_delta(
     if tenant_id is None and fsa_id is None:
         normalized = await db.normalize_delta(delta)
         return {"success": True, "valid": True, **normalized}
-    _check_ids(settings, tenant_id=tenant_id or "", fsa_id=fsa_id or "")
+    check_ids(settings, tenant_id=tenant_id or "", fsa_id=fsa_id or "")
     meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
     outcome = await db.dry_run(tenant_id, fsa_id, delta, meta)
     return {"valid": True, **outcome, "applied": False}
@@ -211,12 +216,12 @@ async def read_deltas(
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,
-    since: Annotated[int, Parameter(ge=0, description="Return deltas after this version")] = 0,
-    limit: Annotated[int, Parameter(ge=1, le=1000, description="At most this many deltas")] = 100,
+    since: Annotated[int, QueryParameter(ge=0, description="Return deltas after this version")] = 0,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000, description="At most this many deltas")] = 100,
 ) -> Response:
     """The delta log after `since`, oldest first: for catch-up and audit. `more` says whether
     another page follows."""
-    _check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
     return _json(await db.read_deltas(tenant_id, fsa_id, since, limit))
 
 

@@ -65,6 +65,15 @@ SELECT read FROM r
 """
 
 
+_READ_FEED = """
+WITH slice AS (SELECT CASE WHEN $6::text IS NOT NULL THEN sms.parse_slice($6) END AS parts)
+SELECT d.fsa_id, d.version, d.delta_id::text AS delta_id, d.actor, d.lineage_id, d.trace_id, d.parent_id,
+       d.meta, d.ops, d.paths, d.collections, d.created_at, d.tx_id::text AS tx_id,
+       coalesce((SELECT sms.touches_slice(d.ops, parts) FROM slice WHERE parts IS NOT NULL), true) AS wanted
+  FROM sms.feed_after($1, $2, $3::text::xid8, $4, $5, $7) d
+"""
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb parameters are JSON text as received (or Python values to encode); results decode.
     for type_name in ("json", "jsonb"):
@@ -199,6 +208,46 @@ class Database:
                 fsa_id,
             )
         return row[0], row[1]
+
+    async def read_feed(
+        self,
+        tenant_id: str,
+        fsa_id: str | None,
+        after_tx: str,
+        after_fsa: str,
+        after_version: int,
+        slice_spec: str | None,
+        limit: int,
+    ) -> list[tuple[Any, bool, str]]:
+        """The log after a position (sms.feed_after) as (Change, touches the slice, tx_id)."""
+        from app.feed import Change  # the feed's own type; imported here to keep modules acyclic
+
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                _READ_FEED, tenant_id, fsa_id, after_tx, after_fsa, after_version, slice_spec, limit
+            )
+        return [
+            (
+                Change(tenant_id=tenant_id, **{k: v for k, v in row.items() if k not in ("wanted", "tx_id")}),
+                row["wanted"],
+                row["tx_id"],
+            )
+            for row in rows
+        ]
+
+    async def parse_slice(self, spec: str) -> Any:
+        """The parsed parts of a slice spec; a 400 problem when it is invalid."""
+        async with self._connection() as conn:
+            return await conn.fetchval("SELECT sms.parse_slice($1)", spec)
+
+    async def delta_tx_id(self, tenant_id: str, fsa_id: str, version: int) -> str | None:
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                "SELECT tx_id::text FROM sms.deltas WHERE tenant_id = $1 AND fsa_id = $2 AND version = $3",
+                tenant_id,
+                fsa_id,
+                version,
+            )
 
     async def read_deltas(self, tenant_id: str, fsa_id: str, since: int, limit: int) -> str:
         """The log after version `since`, oldest first, at most `limit` entries, as JSON text."""

@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -18,6 +19,17 @@ from sqlalchemy import (
     Uuid,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.types import UserDefinedType
+
+
+class Xid8(UserDefinedType):
+    """PostgreSQL's 64-bit transaction id."""
+
+    cache_ok = True
+
+    def get_col_spec(self) -> str:
+        return "xid8"
+
 
 metadata = MetaData(schema="sms")
 
@@ -63,6 +75,26 @@ deltas = Table(
     Column("paths", ARRAY(Text), nullable=False),
     Column("collections", ARRAY(Text), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("tx_id", Xid8, nullable=False),
     PrimaryKeyConstraint("tenant_id", "fsa_id", "version"),
     UniqueConstraint("tenant_id", "fsa_id", "delta_id"),
+)
+
+summary_cache = Table(
+    "summary_cache",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("cache_key", Text, nullable=False),
+    Column("request", JSONB, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("fingerprint", Text, nullable=False),
+    Column("result", JSONB, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("slice_bytes", Integer, nullable=False),
+    Column("summary_chars", Integer, nullable=False),
+    Column("hits", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "cache_key"),
 )

@@ -23,9 +23,9 @@ CREATE TABLE sms.summary_cache (
 -- ===== sql/081_entries_folded_member.sql
 -- Index for slices: member keys folded to lower case (globs match case-insensitively), in byte
 -- order (entries.member is COLLATE "C"), so a glob's literal prefix is a range scan within one
--- collection; `version` is included so a cache fingerprint is an index-only scan.
-CREATE INDEX entries_folded_member ON sms.entries (tenant_id, fsa_id, collection, lower(member))
-    INCLUDE (version) WHERE is_member;
+-- collection. It holds no column that a merge changes (value, version), so entry updates stay
+-- HOT (heap-only) and write no index entries.
+CREATE INDEX entries_folded_member ON sms.entries (tenant_id, fsa_id, collection, lower(member)) WHERE is_member;
 
 -- ===== sql/082_parse_slice.sql
 -- sms.parse_slice(spec): a slice spec (DESIGN §5) into a list of parts, one per comma-separated
@@ -119,7 +119,7 @@ $$;
 -- ===== sql/084_slice_entries.sql
 -- sms.slice_entries(tenant, fsa, part): the member entries one parsed slice part covers (before
 -- any `where`), read by a range scan of entries_folded_member within its collection. A SQL
--- function so that it is inlined: callers that read only `version` get an index-only scan.
+-- function so that it is inlined into its callers.
 CREATE OR REPLACE FUNCTION sms.slice_entries(p_tenant_id text, p_fsa_id text, p_part jsonb)
 RETURNS TABLE (member text, value jsonb, version bigint)
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
@@ -136,7 +136,7 @@ $$;
 -- sms.slice_fingerprint(tenant, fsa, parts): changes whenever anything a slice covers changes.
 -- Per part: the count and the highest version of its candidate entries (an insert raises the
 -- highest version, a delete lowers the count, an update raises the version) and the version of
--- the top-level row. Reads keys and versions only, never values.
+-- the top-level row.
 CREATE OR REPLACE FUNCTION sms.slice_fingerprint(p_tenant_id text, p_fsa_id text, p_parts jsonb)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$

@@ -1,0 +1,99 @@
+"""Server-Sent Events: the change feed over HTTP (DESIGN §7).
+
+Each event is one delta: `id` is its version (`fsa:version` on the tenant feed), `data` its
+metadata and ops as JSON. Resume with the Last-Event-ID header (browsers send it on reconnect) or
+`since`; what was missed is replayed from the log first, then the stream goes live. Idle streams
+get keep-alive comments. `slice=` keeps only changes that touch that slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from litestar import Request, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+from litestar.response import Stream
+
+from app.api.routes import FsaId, TenantId, check_ids
+from app.domain import jsontext
+from app.feed import Feed
+
+SliceFilter = Annotated[
+    str | None, QueryParameter(name="slice", max_length=2000, description="Only changes that touch this slice spec")
+]
+Since = Annotated[str | None, QueryParameter(description="Resume after this event id (Last-Event-ID wins)")]
+
+
+async def _check_request(feed: Feed, tenant_id: str, fsa_id: str | None, resume, slice_spec: str | None) -> None:
+    """Validate the position and the slice before the stream starts: a 400, not a broken stream."""
+    await feed.position(tenant_id, fsa_id, resume)
+    if slice_spec is not None:
+        await feed.db.parse_slice(slice_spec)
+
+
+def _stream(events: AsyncIterator[bytes]) -> Stream:
+    return Stream(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(
+    feed: Feed, state: State, tenant_id: str, fsa_id: str | None, since, slice_spec
+) -> AsyncIterator[bytes]:
+    changes = feed.subscribe(
+        tenant_id, fsa_id, since=since, slice_spec=slice_spec, idle_timeout=state.settings.keepalive_seconds
+    )
+    first = True
+    try:
+        async for change in changes:
+            if first:
+                yield b"retry: 2000\n\n"
+                first = False
+            if change is None:
+                yield b": keep-alive\n\n"
+                continue
+            event_id = str(change.version) if fsa_id is not None else f"{change.fsa_id}:{change.version}"
+            yield b"id: " + event_id.encode() + b"\nevent: change\ndata: " + jsontext.encode(change.to_dict()) + b"\n\n"
+    finally:
+        await changes.aclose()
+
+
+@get("/state/{tenant_id:str}/{fsa_id:str}/events")
+async def state_events(
+    request: Request,
+    feed: NamedDependency[Feed],
+    state: State,
+    tenant_id: TenantId,
+    fsa_id: FsaId,
+    since: Since = None,
+    slice_spec: SliceFilter = None,
+) -> Stream:
+    """SSE feed of one state: every version after `since`, in order, then live."""
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    resume = request.headers.get("last-event-id") or since
+    await _check_request(feed, tenant_id, fsa_id, resume, slice_spec)
+    return _stream(_events(feed, state, tenant_id, fsa_id, resume, slice_spec))
+
+
+@get("/events")
+async def tenant_events(
+    request: Request,
+    feed: NamedDependency[Feed],
+    state: State,
+    tenant: Annotated[str, QueryParameter(description="Tenant whose states to follow")],
+    since: Since = None,
+    slice_spec: SliceFilter = None,
+) -> Stream:
+    """SSE feed of every state of a tenant; event ids are `fsa:version`."""
+    check_ids(state.settings, tenant=tenant)
+    resume = request.headers.get("last-event-id") or since
+    await _check_request(feed, tenant, None, resume, slice_spec)
+    return _stream(_events(feed, state, tenant, None, resume, slice_spec))
+
+
+EVENT_ROUTES = [state_events, tenant_events]

@@ -1,0 +1,153 @@
+"""The change feed for subscribers that never miss a version.
+
+`Feed.subscribe(tenant, fsa=None, since=…)` yields every delta of a state (or of every state of a
+tenant) exactly once and in order: NOTIFY only wakes it, the delta log is what it reads, and a
+periodic poll covers notifications that never came. Use it on the database directly:
+
+    async with Feed.connect(dsn) as feed:
+        async for change in feed.subscribe("acme", "launch", since=0):
+            ...
+
+The HTTP service uses the same class behind its SSE endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from app.db.listener import Listener
+from app.db.queries import Database
+from app.errors import Problem
+
+
+@dataclass(frozen=True)
+class Change:
+    """One applied delta: its state, version, metadata and normalised ops."""
+
+    tenant_id: str
+    fsa_id: str
+    version: int
+    delta_id: str
+    actor: str | None
+    lineage_id: str | None
+    trace_id: str | None
+    parent_id: str | None
+    meta: dict[str, Any]
+    ops: list[dict[str, Any]]
+    paths: list[str]
+    collections: list[str]
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        return data
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a subscriber is: after (tx_id, fsa_id, version) of a tenant's log."""
+
+    tx_id: str = "0"
+    fsa_id: str = ""
+    version: int = 0
+
+
+class Feed:
+    """Subscriptions over one database pool and one listener."""
+
+    def __init__(self, db: Database, listener: Listener, *, poll_interval: float = 5.0, batch: int = 500) -> None:
+        self.db = db
+        self.listener = listener
+        self.poll_interval = poll_interval
+        self.batch = batch
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, dsn: str, **options: Any) -> AsyncIterator[Feed]:
+        """A feed with its own small pool and listener, for use outside the HTTP service."""
+        db = await Database.connect(dsn, min_size=1, max_size=4)
+        listener = Listener(dsn)
+        await listener.start()
+        try:
+            yield cls(db, listener, **options)
+        finally:
+            await listener.stop()
+            await db.close()
+
+    async def subscribe(
+        self,
+        tenant_id: str,
+        fsa_id: str | None = None,
+        *,
+        since: int | str | None = None,
+        slice_spec: str | None = None,
+        idle_timeout: float | None = None,
+    ) -> AsyncIterator[Change | None]:
+        """Changes after `since` — a version for one state, or an event id ("fsa:version") for a
+        tenant — oldest first, then live. With `slice_spec`, only changes that touch the slice.
+        With `idle_timeout`, yields None after that many idle seconds (for keep-alives)."""
+        position = await self.position(tenant_id, fsa_id, since)
+        wakeup = self.listener.register(tenant_id, fsa_id)
+        idle = 0.0
+        try:
+            while True:
+                wakeup.event.clear()
+                rows = await self.db.read_feed(
+                    tenant_id, fsa_id, position.tx_id, position.fsa_id, position.version, slice_spec, self.batch
+                )
+                for row, wanted, tx_id in rows:
+                    position = Position(tx_id, row.fsa_id, row.version)
+                    if wanted:
+                        idle = 0.0
+                        yield row
+                if len(rows) == self.batch:
+                    continue
+                wait = self.poll_interval if idle_timeout is None else min(self.poll_interval, idle_timeout - idle)
+                woken = await _wait(wakeup.event, wait)
+                if not woken and idle_timeout is not None:
+                    idle += wait
+                    if idle >= idle_timeout:
+                        idle = 0.0
+                        yield None
+        finally:
+            self.listener.unregister(wakeup)
+
+    async def position(self, tenant_id: str, fsa_id: str | None, since: int | str | None) -> Position:
+        """The position after `since`; a Problem (400) when it names no delta."""
+        if since is None or since == 0 or since == "0" or since == "":
+            return Position()
+        if fsa_id is not None:
+            version = since if isinstance(since, int) else _version(str(since).rsplit(":", 1)[-1])
+            return Position(version=version)
+        state, _, version = str(since).rpartition(":")
+        tx_id = await self.db.delta_tx_id(tenant_id, state, _version(version)) if state else None
+        if tx_id is None:
+            raise Problem(
+                400,
+                "invalid-event-id",
+                "Unknown event id",
+                f"event id {str(since)[:80]!r} names no delta of this tenant (expected fsa:version)",
+            )
+        return Position(tx_id, state, _version(version))
+
+
+def _version(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise Problem(400, "invalid-event-id", "Invalid event id", f"{text[:40]!r} is not a version")
+    return int(text)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Whether the event was set within `seconds`."""
+    try:
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,17 @@
+-- sms.lock_state(tenant, fsa): serialises the writers of one state and returns its version,
+-- creating its header row on first use. The advisory lock comes first, before the transaction
+-- writes anything, so writers of a state also get their transaction ids in version order: the
+-- tenant-wide feed (sms.feed_after) reads in transaction-id order and so keeps each state's
+-- versions in order. (Call apply_delta as the first write of a transaction for that to hold.)
+CREATE OR REPLACE FUNCTION sms.lock_state(p_tenant_id text, p_fsa_id text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_version bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant_id, 0) # hashtextextended(p_fsa_id, 7331));
+    INSERT INTO sms.states (tenant_id, fsa_id) VALUES (p_tenant_id, p_fsa_id) ON CONFLICT DO NOTHING;
+    SELECT version INTO v_version FROM sms.states
+     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id FOR UPDATE;
+    RETURN v_version;
+END;
+$$;

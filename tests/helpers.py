@@ -1,0 +1,113 @@
+"""Helpers shared by the test modules: deltas applied through SQL as a psql user would, the state's
+version and log read back, the change feed heard on a LISTEN connection, and problem+json checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+
+TENANT = "t"
+FSA = "f"
+CHANNEL = "sms_changes"
+PROBLEM_JSON = "application/problem+json"
+NOTIFY_WAIT_SECONDS = 15.0
+
+
+async def apply_delta(
+    conn: asyncpg.Connection, delta: Any, tenant: str = TENANT, fsa: str = FSA, **named: Any
+) -> dict[str, Any]:
+    """sms.apply_delta(tenant, fsa, delta, p_<name> => value...); the result as a dict."""
+    args: list[Any] = [tenant, fsa, delta if isinstance(delta, str) else json.dumps(delta)]
+    casts = {"p_meta": "::jsonb", "p_delta_id": "::uuid", "p_expected_version": "::bigint"}
+    extra = ""
+    for name, value in named.items():
+        args.append(json.dumps(value) if name == "p_meta" else value)
+        extra += f", {name} => ${len(args)}{casts.get(name, '')}"
+    text = await conn.fetchval(f"SELECT sms.apply_delta($1, $2, $3::jsonb{extra})::text", *args)
+    return json.loads(text)
+
+
+async def document(conn: asyncpg.Connection, tenant: str = TENANT, fsa: str = FSA) -> Any:
+    return json.loads(await conn.fetchval("SELECT sms.document($1, $2)::text", tenant, fsa))
+
+
+async def version(conn: asyncpg.Connection, tenant: str = TENANT, fsa: str = FSA) -> int:
+    return await conn.fetchval(
+        "SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0)", tenant, fsa
+    )
+
+
+async def log_versions(conn: asyncpg.Connection, tenant: str = TENANT, fsa: str = FSA) -> list[int]:
+    rows = await conn.fetch(
+        "SELECT version FROM sms.deltas WHERE tenant_id = $1 AND fsa_id = $2 ORDER BY version", tenant, fsa
+    )
+    return [row["version"] for row in rows]
+
+
+async def log_rows(conn: asyncpg.Connection, tenant: str = TENANT, fsa: str = FSA) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT version, delta_id::text, actor, lineage_id, trace_id, parent_id, meta::text, ops::text, paths
+             FROM sms.deltas WHERE tenant_id = $1 AND fsa_id = $2 ORDER BY version""",
+        tenant,
+        fsa,
+    )
+    return [{**dict(row), "meta": json.loads(row["meta"]), "ops": json.loads(row["ops"])} for row in rows]
+
+
+async def snapshot(conn: asyncpg.Connection, tenant: str = TENANT, fsa: str = FSA) -> tuple[int, list[int], Any]:
+    """(version, log versions, document): equal before and after means nothing was applied."""
+    return await version(conn, tenant, fsa), await log_versions(conn, tenant, fsa), await document(conn, tenant, fsa)
+
+
+class Feed:
+    """Notifications heard on a dedicated LISTEN connection, as JSON payloads in arrival order."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.raw: asyncio.Queue[str] = asyncio.Queue()
+
+    def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.raw.put_nowait(payload)
+
+    async def next_payload(self) -> str:
+        """The next payload's text; generous wait, so a slow machine never fails a test."""
+        return await asyncio.wait_for(self.raw.get(), NOTIFY_WAIT_SECONDS)
+
+    async def next(self) -> dict[str, Any]:
+        return json.loads(await self.next_payload())
+
+    async def assert_silent(self) -> None:
+        """Nothing arrived: a round trip on the listener delivers anything already sent."""
+        await self.conn.fetchval("SELECT 1")
+        await asyncio.sleep(0.1)
+        await self.conn.fetchval("SELECT 1")
+        await asyncio.sleep(0)
+        assert self.raw.empty(), f"unexpected notification: {self.raw.get_nowait()}"
+
+
+@contextlib.asynccontextmanager
+async def listening(database_url: str) -> AsyncIterator[Feed]:
+    """LISTEN sms_changes on a connection of its own (NOTIFY is delivered per database, on commit)."""
+    conn = await asyncpg.connect(database_url)
+    feed = Feed(conn)
+    try:
+        await conn.add_listener(CHANNEL, feed._heard)
+        yield feed
+    finally:
+        await conn.close()
+
+
+def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:
+    """An RFC 9457 problem with the given status and type; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].split(";")[0] == PROBLEM_JSON
+    body = response.json()
+    assert body["type"] == "urn:sms:problem:" + slug, body
+    assert body["status"] == status
+    assert body["success"] is False
+    return body
