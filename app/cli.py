@@ -43,6 +43,14 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> None:
     print(f"migrated to {args.revision}")
 
 
+def run_demo(args: argparse.Namespace, settings: Settings) -> None:
+    from app import demo
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
+    report = demo.main(args.url, settings, tenant=args.tenant, fsa=args.fsa, rounds=args.rounds)
+    print(demo.render(report), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="sms",
@@ -62,6 +70,15 @@ def main(argv: list[str] | None = None) -> None:
     migrate_cmd = commands.add_parser("migrate", help="upgrade the database schema (alembic)")
     migrate_cmd.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
     migrate_cmd.set_defaults(run=run_migrate)
+
+    demo_cmd = commands.add_parser(
+        "demo", help="seed a project state and run five agents on it with the client; print what slices save"
+    )
+    demo_cmd.add_argument("--url", help="a running service (default: serve the app here on the configured database)")
+    demo_cmd.add_argument("--tenant", default="demo", help="tenant id (default demo)")
+    demo_cmd.add_argument("--fsa", default="launch", help="state id; its state is replaced (default launch)")
+    demo_cmd.add_argument("--rounds", type=int, default=5, help="rounds each agent reads and writes (default 5)")
+    demo_cmd.set_defaults(run=run_demo)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

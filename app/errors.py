@@ -11,7 +11,7 @@ from typing import Any
 
 PROBLEM_BASE = "urn:sms:problem:"
 
-# SQLSTATE -> (HTTP status, problem slug, title)
+# SQLSTATE (or its two-character class) -> (HTTP status, problem slug, title)
 SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
     "SM001": (422, "invalid-delta", "The delta is invalid"),
     "SM002": (422, "type-mismatch", "An operator met a value of the wrong type"),
@@ -24,11 +24,17 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
     "SM009": (400, "invalid-slice", "The slice request is invalid"),
     "42601": (400, "invalid-predicate", "The where predicate is not valid SQL/JSON path"),
     "2201B": (400, "invalid-predicate", "A regular expression in the predicate is invalid"),
+    "22003": (422, "number-out-of-range", "A number is out of range"),
+    "22021": (400, "malformed-request", "The request holds a byte sequence that is not valid text"),
     "22P02": (400, "malformed-json", "The body is not valid JSON"),
     "22P05": (400, "malformed-json", "The body holds text PostgreSQL cannot store"),
     "54000": (413, "limit-exceeded", "A value is too large"),
     "54001": (413, "limit-exceeded", "A value is nested too deeply"),
     "57014": (503, "statement-timeout", "The database took too long"),
+    "57P01": (503, "database-unavailable", "The database is shutting down"),
+    "57P02": (503, "database-unavailable", "The database is shutting down"),
+    "57P03": (503, "database-unavailable", "The database is starting up"),
+    "08": (503, "database-unavailable", "The connection to the database failed"),  # the whole class
     "40001": (503, "database-busy", "The database asked to retry"),
     "40P01": (503, "database-busy", "The database asked to retry"),
 }
@@ -86,7 +92,7 @@ def database_unavailable(detail: str = "the database is unavailable") -> Problem
 
 def from_sqlstate(sqlstate: str | None, message: str, detail: str | None) -> Problem | None:
     """The problem for a database error, or None when the error is not in the table (a bug)."""
-    known = SQLSTATE_PROBLEMS.get(sqlstate or "")
+    known = SQLSTATE_PROBLEMS.get(sqlstate or "") or SQLSTATE_PROBLEMS.get((sqlstate or "")[:2])
     if known is None:
         return None
     status, slug, title = known

@@ -61,11 +61,20 @@ class Position:
 class Feed:
     """Subscriptions over one database pool and one listener."""
 
-    def __init__(self, db: Database, listener: Listener, *, poll_interval: float = 5.0, batch: int = 500) -> None:
+    def __init__(
+        self,
+        db: Database,
+        listener: Listener,
+        *,
+        poll_interval: float = 5.0,
+        batch: int = 500,
+        max_retry_delay: float = 5.0,
+    ) -> None:
         self.db = db
         self.listener = listener
         self.poll_interval = poll_interval
         self.batch = batch
+        self.max_retry_delay = max_retry_delay
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -94,13 +103,22 @@ class Feed:
         With `idle_timeout`, yields None after that many idle seconds (for keep-alives)."""
         position = await self.position(tenant_id, fsa_id, since)
         wakeup = self.listener.register(tenant_id, fsa_id)
-        idle = 0.0
+        idle = outage = 0.0
         try:
             while True:
                 wakeup.event.clear()
-                rows = await self.db.read_feed(
-                    tenant_id, fsa_id, position.tx_id, position.fsa_id, position.version, slice_spec, self.batch
-                )
+                try:
+                    rows = await self.db.read_feed(
+                        tenant_id, fsa_id, position.tx_id, position.fsa_id, position.version, slice_spec, self.batch
+                    )
+                except Problem as problem:
+                    if problem.status != 503:
+                        raise
+                    # the database is restarting or unreachable: the position is safe, retry
+                    outage = min(self.max_retry_delay, max(0.1, outage * 2))
+                    await asyncio.sleep(outage)
+                    continue
+                outage = 0.0
                 for row, wanted, tx_id in rows:
                     position = Position(tx_id, row.fsa_id, row.version)
                     if wanted:

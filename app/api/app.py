@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import unquote_to_bytes
 
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
@@ -17,7 +18,7 @@ from app.api.events import EVENT_ROUTES
 from app.api.routes import ROUTES
 from app.db.listener import Listener
 from app.db.queries import Database
-from app.errors import Problem, invalid_id
+from app.errors import Problem, invalid_id, malformed
 from app.feed import Feed
 from app.settings import Settings
 
@@ -61,11 +62,17 @@ def _on_unexpected(request: Request, exc: Exception) -> Response:
     return problem_response(Problem(500, "internal-error", "Internal error", "an unexpected error occurred"))
 
 
-def _refuse_encoded_slash(request: Request) -> None:
-    """Servers decode %2F before routing, so an id holding "/" would address another route;
-    ids may not hold "/", and such a request is refused instead of misrouted."""
-    if b"%2f" in request.scope.get("raw_path", b"").lower():
+def _check_raw_path(request: Request) -> None:
+    """Checks on the path as sent, before the server decoded it. An id holding "/" (%2F) would
+    address another route, and invalid UTF-8 would be decoded lossily into another id: both
+    are refused rather than misrouted."""
+    raw = request.scope.get("raw_path", b"")
+    if b"%2f" in raw.lower():
         raise invalid_id('ids may not contain "/" (%2F)')
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise malformed("the request path is not valid UTF-8 once percent-decoded") from None
 
 
 def create_app(settings: Settings, database_url: str) -> Litestar:
@@ -108,7 +115,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             HTTPException: _on_http_exception,
             Exception: _on_unexpected,
         },
-        before_request=_refuse_encoded_slash,
+        before_request=_check_raw_path,
         request_max_body_size=settings.limits.max_body_bytes,
         openapi_config=OpenAPIConfig(title="State Memory Service", version=__version__),
     )

@@ -20,6 +20,7 @@ from app.settings import Limits
 
 # Idempotency keys that are not UUIDs are mapped to one deterministically.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0f6a52-3f0e-4d3c-9a55-3c1f3e1f5a10")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
 
@@ -33,6 +34,8 @@ def decode_body(body: bytes, limits: Limits) -> Any:
         value = jsontext.decode(body)
     except UnicodeDecodeError:
         raise malformed("the body is not valid UTF-8") from None
+    except RecursionError:
+        raise invalid(f"the body is nested more than {limits.max_depth} levels deep") from None
     except msgspec.DecodeError as exc:
         if "depth" in str(exc) or "recursion" in str(exc):
             raise invalid(f"the body is nested more than {limits.max_depth} levels deep") from None
@@ -194,8 +197,8 @@ MAX_META_PARAMS = 20
 
 def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) -> WriteMeta:
     """Metadata from query parameters, or else headers (DESIGN §4.1). Header names are lower case."""
-    actor = params.get("actor") or headers.get("x-actor")
-    lineage_id = params.get("lineage_id") or headers.get("x-lineage-id")
+    actor = _given(params, "actor", headers, "x-actor")
+    lineage_id = _given(params, "lineage_id", headers, "x-lineage-id")
     trace_id = parent_id = None
     traceparent = headers.get("traceparent")
     if traceparent:
@@ -203,12 +206,16 @@ def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) 
         if match is None:
             raise malformed("traceparent must be W3C trace context: 00-<32 hex>-<16 hex>-<2 hex>")
         trace_id, parent_id = match.groups()
-        lineage_id = lineage_id or trace_id
-    key = params.get("delta_id") or headers.get("idempotency-key")
-    expected = params.get("expected_version") or _if_match(headers.get("if-match"))
+        lineage_id = trace_id if lineage_id is None else lineage_id
+    key = _given(params, "delta_id", headers, "idempotency-key")
+    expected = _given(params, "expected_version", headers, "if-match")
+    if expected is not None and "expected_version" not in params:
+        expected = _if_match(expected)
     for name, value in (("actor", actor), ("lineage_id", lineage_id), ("delta_id", key)):
-        if value is not None and not 0 < len(value) <= limits.max_id_length:
-            raise invalid_id(f"{name} must be 1 to {limits.max_id_length} characters", field=name)
+        if value is not None and (not 0 < len(value) <= limits.max_id_length or _CONTROL.search(value)):
+            raise invalid_id(
+                f"{name} must be 1 to {limits.max_id_length} characters without control characters", field=name
+            )
     meta = {k: v for k, v in params.items() if k not in KNOWN_PARAMS}
     if len(meta) > MAX_META_PARAMS or any(len(k) > 64 or len(v) > 256 for k, v in meta.items()):
         raise too_large(f"at most {MAX_META_PARAMS} extra query parameters of up to 256 characters are kept")
@@ -221,6 +228,11 @@ def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) 
         parent_id=parent_id,
         meta=meta,
     )
+
+
+def _given(params: dict[str, str], param: str, headers: dict[str, str], header: str) -> str | None:
+    """The query parameter if present (even empty, which is then refused), else the header."""
+    return params[param] if param in params else headers.get(header)
 
 
 def idempotency_uuid(key: str) -> uuid.UUID:

@@ -1,0 +1,259 @@
+"""Properties (hypothesis) of the storage and the log (DESIGN §3, §4.3):
+
+* any JSON object round-trips exactly through sms.replace_state and sms.document;
+* for any sequence of deltas (rejected ones included), replaying the log from version 0 through
+  sms.apply_delta reproduces the state, and the state at every version v is the fold of deltas
+  1..v; a rejected delta changes nothing.
+
+Sync psycopg on one database per test; every example works on a state of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from app.domain.delta import encode, escape_key
+
+PROPERTY_SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+# SQLSTATEs of a delta that is refused as it should be: invalid, type mismatch, $expect failed
+REJECTED = {"SM001", "SM002", "SM004"}
+
+
+@pytest.fixture
+def pg(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection
+
+
+def fresh_id() -> str:
+    return uuid.uuid4().hex
+
+
+def canonical(value: Any) -> Any:
+    """A JSON value in a form where equality is JSON equality: numbers compare by exact decimal
+    value, and true is not 1."""
+    if value is None or isinstance(value, bool | str):
+        return (type(value).__name__, value)
+    if isinstance(value, int | float | Decimal):
+        return ("number", Decimal(str(value)))
+    if isinstance(value, list):
+        return ("array", tuple(canonical(v) for v in value))
+    assert isinstance(value, dict)
+    return ("object", tuple(sorted((k, canonical(v)) for k, v in value.items())))
+
+
+def as_sent(value: Any) -> Any:
+    """What the JSON text of `value` means, numbers read exactly."""
+    return json.loads(json.dumps(value, ensure_ascii=False), parse_float=Decimal)
+
+
+def document(pg: psycopg.Connection, tenant: str, fsa: str) -> str:
+    return pg.execute("SELECT sms.document(%s, %s)::text", (tenant, fsa)).fetchone()[0]
+
+
+def same_jsonb(pg: psycopg.Connection, left: str, right: str) -> bool:
+    return pg.execute("SELECT %s::jsonb = %s::jsonb", (left, right)).fetchone()[0]
+
+
+def version(pg: psycopg.Connection, tenant: str, fsa: str) -> int:
+    row = pg.execute("SELECT version FROM sms.states WHERE tenant_id = %s AND fsa_id = %s", (tenant, fsa)).fetchone()
+    return row[0] if row else 0
+
+
+def check_counters(pg: psycopg.Connection, tenant: str, fsa: str) -> None:
+    """The header's entry_count describes sms.entries without scanning it: it must be right."""
+    counted, recorded = pg.execute(
+        """SELECT (SELECT count(*) FROM sms.entries WHERE tenant_id = %(t)s AND fsa_id = %(f)s),
+                  coalesce((SELECT entry_count FROM sms.states WHERE tenant_id = %(t)s AND fsa_id = %(f)s), 0)""",
+        {"t": tenant, "f": fsa},
+    ).fetchone()
+    assert recorded == counted
+
+
+# ---- (a) any JSON object round-trips -------------------------------------------------------------
+
+# any character but NUL, with the ones that mean something in paths and globs drawn often
+text_without_nul = st.text(
+    st.characters(codec="utf-8", exclude_characters="\x00") | st.sampled_from([".", "\\", "$", "*", "?", "/"]),
+    max_size=12,
+)
+json_scalars = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | text_without_nul
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(text_without_nul, children, max_size=5),
+    max_leaves=25,
+)
+# Top-level keys may not start with $ (reserved in deltas, refused by replace_state by design).
+top_level_keys = text_without_nul.filter(lambda k: not k.startswith("$"))
+json_documents = st.dictionaries(top_level_keys, json_values, max_size=6)
+
+
+@PROPERTY_SETTINGS
+@given(first=json_documents, second=json_documents)
+def test_any_json_object_round_trips_through_replace_state_and_document(pg, first, second):
+    tenant, fsa = "props", fresh_id()
+    for number, doc in enumerate((first, second), start=1):
+        text = json.dumps(doc, ensure_ascii=False)
+        pg.execute("SELECT sms.replace_state(%s, %s, %s::jsonb)", (tenant, fsa, text))
+        stored = document(pg, tenant, fsa)
+        assert same_jsonb(pg, stored, text)
+        assert canonical(json.loads(stored, parse_float=Decimal)) == canonical(as_sent(doc))
+        check_counters(pg, tenant, fsa)
+        # replacing with {} over an empty state logs nothing; anything else is one version
+        assert version(pg, tenant, fsa) <= number
+
+
+REPLAY = """
+    SELECT sms.apply_ops(tenant_id, %(to)s, ops)
+      FROM sms.deltas WHERE tenant_id = %(t)s AND fsa_id = %(f)s ORDER BY version"""
+
+
+def test_empty_top_level_key_round_trips_and_replays(pg):
+    """An empty key is valid JSON: the document view round-trips any JSON object (DESIGN §3),
+    and the log replays into the same state."""
+    doc = json.dumps({"": 1, "a": {"": 2}, "b.c": {"\\": [3]}})
+    pg.execute("SELECT sms.replace_state('t', 'f', %s::jsonb)", (doc,))
+    assert same_jsonb(pg, document(pg, "t", "f"), doc)
+    pg.execute(REPLAY, {"to": "replayed", "t": "t", "f": "f"})
+    assert same_jsonb(pg, document(pg, "t", "replayed"), doc)
+
+
+# ---- (b) replaying the log reproduces every version ----------------------------------------------
+
+collections = st.sampled_from(["tasks", "metrics", "flags"])
+path_keys = st.sampled_from(["a", "b", "c.d", "x\\y"])
+paths = st.builds(
+    lambda c, rest: ".".join(escape_key(k) for k in [c, *rest]), collections, st.lists(path_keys, max_size=2)
+)
+small_numbers = st.integers(-5, 5) | st.decimals(min_value=-10, max_value=10, places=2, allow_nan=False)
+small_strings = st.sampled_from(["x", "y", "z", ""])
+small_scalars = st.none() | st.booleans() | small_numbers | small_strings
+small_values = st.recursive(
+    small_scalars,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(["a", "b", "c", "$d"]), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+merge_patches = st.dictionaries(
+    st.sampled_from(["a", "b", "k"]),
+    st.none() | small_scalars | st.dictionaries(st.sampled_from(["a", "b"]), st.none() | small_scalars, max_size=2),
+    max_size=3,
+)
+set_operands = small_values | st.lists(small_values, max_size=3)
+operations = st.one_of(
+    small_values,  # a plain value: $set (refused when it holds $-keys)
+    st.builds(lambda v: {"$set": v}, small_values),
+    st.just({"$unset": True}),
+    st.builds(lambda n: {"$inc": n}, small_numbers),
+    st.builds(lambda op, v: {op: v}, st.sampled_from(["$max", "$min"]), small_numbers | small_strings),
+    st.builds(lambda op, v: {op: v}, st.sampled_from(["$add", "$addToSet", "$remove", "$pull"]), set_operands),
+    st.builds(lambda v: {"$push": v}, small_values),
+    st.builds(
+        lambda each, cap: {"$push": {"$each": each, "$slice": cap}},
+        st.lists(small_values, max_size=3),
+        st.none() | st.integers(-3, 3),
+    ),
+    st.builds(lambda patch: {"$merge": patch}, merge_patches),
+)
+expectations = st.dictionaries(paths, small_scalars | st.builds(lambda e: {"$exists": e}, st.booleans()), max_size=1)
+
+
+@st.composite
+def deltas(draw) -> dict[str, Any]:
+    delta = draw(st.dictionaries(paths, operations, min_size=1, max_size=3))
+    if draw(st.integers(0, 9)) == 0:
+        delta["$expect"] = draw(expectations)
+    return delta
+
+
+delta_steps = st.tuples(st.just("delta"), deltas())
+replace_steps = st.tuples(st.just("replace"), st.dictionaries(collections, small_values, max_size=2))
+steps = st.lists(
+    st.one_of(delta_steps, delta_steps, delta_steps, replace_steps),  # mostly deltas
+    min_size=1,
+    max_size=12,
+)
+
+
+def apply_step(pg: psycopg.Connection, tenant: str, fsa: str, kind: str, body: Any) -> bool:
+    """Applies one step; True if applied, False if refused for one of the expected reasons."""
+    function = "sms.apply_delta" if kind == "delta" else "sms.replace_state"
+    try:
+        pg.execute(f"SELECT {function}(%s, %s, %s::jsonb)", (tenant, fsa, encode(body)))
+    except psycopg.Error as exc:
+        assert exc.sqlstate in REJECTED, f"{exc.sqlstate}: {exc}"
+        return False
+    return True
+
+
+@PROPERTY_SETTINGS
+@given(steps=steps)
+def test_replaying_the_log_reproduces_every_version(pg, steps):
+    tenant, fsa = "props", fresh_id()
+    history = {0: "{}"}  # version -> document
+    for kind, body in steps:
+        before_version, before = version(pg, tenant, fsa), history[max(history)]
+        applied = apply_step(pg, tenant, fsa, kind, body)
+        event(f"{kind} {'applied' if applied else 'refused'}")
+        now = document(pg, tenant, fsa)
+        if applied:
+            if version(pg, tenant, fsa) == before_version:  # replace_state with {} over {}: nothing logged
+                assert kind == "replace" and not body and same_jsonb(pg, now, "{}")
+                continue
+            assert version(pg, tenant, fsa) == before_version + 1
+            history[before_version + 1] = now
+        else:  # a refused delta changes nothing at all
+            assert version(pg, tenant, fsa) == before_version
+            assert same_jsonb(pg, now, before)
+        check_counters(pg, tenant, fsa)
+    final = max(history)
+    versions = pg.execute(
+        "SELECT array_agg(version ORDER BY version) FROM sms.deltas WHERE tenant_id = %s AND fsa_id = %s",
+        (tenant, fsa),
+    ).fetchone()[0]
+    assert (versions or []) == list(range(1, final + 1))
+
+    # the normalised ops in the log turn back into a delta that normalises to the same ops (in
+    # any order: paths never overlap, so the order of ops never matters)
+    assert pg.execute(
+        """SELECT coalesce(bool_and(
+                      (SELECT jsonb_agg(o ORDER BY o)
+                         FROM jsonb_array_elements(sms.normalize_delta(sms.ops_to_delta(ops)) -> 'ops') o)
+                      = (SELECT jsonb_agg(o ORDER BY o) FROM jsonb_array_elements(ops) o)), true)
+             FROM sms.deltas WHERE tenant_id = %s AND fsa_id = %s""",
+        (tenant, fsa),
+    ).fetchone()[0]
+
+    # the whole log replayed in one statement
+    replay = fsa + "-replay"
+    pg.execute(REPLAY, {"to": replay, "t": tenant, "f": fsa})
+    assert version(pg, tenant, replay) == final
+    assert same_jsonb(pg, document(pg, tenant, replay), history[final])
+    check_counters(pg, tenant, replay)
+
+    # delta by delta: the state at every version v is the fold of deltas 1..v
+    stepwise = fsa + "-stepwise"
+    ops = pg.execute(
+        "SELECT version, sms.ops_to_delta(ops)::text FROM sms.deltas WHERE tenant_id = %s AND fsa_id = %s ORDER BY 1",
+        (tenant, fsa),
+    ).fetchall()
+    for v, delta in ops:
+        pg.execute("SELECT sms.apply_delta(%s, %s, %s::jsonb)", (tenant, stepwise, delta))
+        assert same_jsonb(pg, document(pg, tenant, stepwise), history[v]), f"version {v}"
