@@ -6,8 +6,9 @@ Python raises `Problem` directly for what it checks before the database.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from app.domain import jsontext
 
 PROBLEM_BASE = "urn:sms:problem:"
 
@@ -21,6 +22,7 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
     "SM006": (413, "limit-exceeded", "A limit was exceeded"),
     "SM007": (422, "invalid-id", "An identifier is invalid"),
     "SM008": (409, "append-only", "The delta log is append-only"),
+    "SM010": (404, "not-found", "Not found"),
     "SM009": (400, "invalid-slice", "The slice request is invalid"),
     "42601": (400, "invalid-predicate", "The where predicate is not valid SQL/JSON path"),
     "2201B": (400, "invalid-predicate", "A regular expression in the predicate is invalid"),
@@ -99,7 +101,7 @@ def from_sqlstate(sqlstate: str | None, message: str, detail: str | None) -> Pro
     extra: dict[str, Any] = {}
     if detail and detail.startswith("{"):
         try:
-            extra = json.loads(detail)
+            extra = jsontext.decode(detail)  # exact numbers: "current" values are reported as stored
         except ValueError:
             extra = {}
     return Problem(status, slug, title, message, **extra)

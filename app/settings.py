@@ -69,6 +69,7 @@ class Settings:
     notify: bool = True
     keepalive_seconds: float = 15.0  # SSE keep-alive comments on an idle feed
     feed_poll_seconds: float = 5.0  # subscribers re-read the log this often even without NOTIFY
+    snapshot_every: int = 1000  # versions between snapshots: the most an old-version read overlays
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -86,5 +87,6 @@ class Settings:
             notify=_bool("SMS_NOTIFY", cls.notify),
             keepalive_seconds=_int("SMS_KEEPALIVE_SECONDS", int(cls.keepalive_seconds)),
             feed_poll_seconds=_int("SMS_FEED_POLL_SECONDS", int(cls.feed_poll_seconds)),
+            snapshot_every=_int("SMS_SNAPSHOT_EVERY", cls.snapshot_every),
             limits=Limits.from_env(),
         )

@@ -1,11 +1,12 @@
--- sms.refuse_log_change(): the log is append-only. UPDATE, DELETE and TRUNCATE of sms.deltas are
--- refused for everyone, also for SQL run directly from psql.
+-- sms.refuse_log_change(): the logs are append-only. UPDATE, DELETE and TRUNCATE of sms.deltas,
+-- sms.entry_history and sms.task_comments are refused for everyone, also for SQL run directly
+-- from psql.
 CREATE OR REPLACE FUNCTION sms.refuse_log_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION USING
         ERRCODE = 'SM008',
-        MESSAGE = format('sms.deltas is append-only: %s is not allowed', TG_OP);
+        MESSAGE = format('sms.%s is append-only: %s is not allowed', TG_TABLE_NAME, TG_OP);
 END;
 $$;
 

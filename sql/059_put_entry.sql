@@ -1,6 +1,7 @@
 -- sms.put_entry(...): stores one entry's new value given its old one (NULL = absent): insert,
--- update, delete, or nothing when the value did not change. Returns the change in entry count
--- and content bytes (the size of the values' JSON text).
+-- update, delete, or nothing when the value did not change; a change is recorded in
+-- sms.entry_history. Returns the change in entry count and content bytes (the size of the
+-- values' JSON text).
 CREATE OR REPLACE FUNCTION sms.put_entry(p_tenant_id text, p_fsa_id text, p_collection text,
                                          p_is_member boolean, p_member text, p_old jsonb, p_new jsonb,
                                          p_version bigint, OUT entry_delta bigint, OUT byte_delta bigint)
@@ -23,6 +24,11 @@ BEGIN
         UPDATE sms.entries SET value = p_new, version = p_version
          WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
            AND is_member = p_is_member AND member = p_member;
+    END IF;
+    IF p_new IS DISTINCT FROM p_old THEN
+        INSERT INTO sms.entry_history (tenant_id, fsa_id, collection, is_member, member, version, value)
+        VALUES (p_tenant_id, p_fsa_id, p_collection, p_is_member, p_member, p_version, p_new)
+        ON CONFLICT (tenant_id, fsa_id, collection, is_member, member, version) DO UPDATE SET value = EXCLUDED.value;
     END IF;
 END;
 $$;

@@ -1,6 +1,6 @@
 -- sms.write_op(tenant, fsa, version, op): applies one normalised op to sms.entries, touching only
--- the entries on its path (cost ∝ the entry, never the state). Returns how the state's entry
--- count and content bytes changed. The caller (sms.apply_delta) holds the state's lock.
+-- the entries on its path (cost ∝ the entry, never the state), and records what changed in
+-- sms.entry_history. Returns how the state's entry count and content bytes changed. The caller (sms.apply_delta) holds the state's lock.
 CREATE OR REPLACE FUNCTION sms.write_op(p_tenant_id text, p_fsa_id text, p_version bigint, p_op jsonb,
                                         OUT entry_delta bigint, OUT byte_delta bigint)
 LANGUAGE plpgsql AS $$
@@ -24,7 +24,11 @@ BEGIN
         WITH gone AS (
             DELETE FROM sms.entries
              WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1]
-            RETURNING octet_length(value::text) AS size)
+            RETURNING is_member, member, octet_length(value::text) AS size),
+        logged AS (
+            INSERT INTO sms.entry_history (tenant_id, fsa_id, collection, is_member, member, version, value)
+            SELECT p_tenant_id, p_fsa_id, v_keys[1], is_member, member, p_version, NULL FROM gone
+            ON CONFLICT (tenant_id, fsa_id, collection, is_member, member, version) DO UPDATE SET value = NULL)
         SELECT -count(*), -coalesce(sum(size), 0) INTO entry_delta, byte_delta FROM gone;
         IF v_op = 'set' THEN
             WITH added AS (
@@ -34,7 +38,12 @@ BEGIN
                 UNION ALL
                 SELECT p_tenant_id, p_fsa_id, v_keys[1], true, key, value, p_version
                   FROM jsonb_each(CASE WHEN jsonb_typeof(v_arg) = 'object' THEN v_arg ELSE '{}' END)
-                RETURNING octet_length(value::text) AS size)
+                RETURNING is_member, member, value, octet_length(value::text) AS size),
+            logged AS (
+                INSERT INTO sms.entry_history (tenant_id, fsa_id, collection, is_member, member, version, value)
+                SELECT p_tenant_id, p_fsa_id, v_keys[1], is_member, member, p_version, value FROM added
+                ON CONFLICT (tenant_id, fsa_id, collection, is_member, member, version)
+                DO UPDATE SET value = EXCLUDED.value)
             SELECT entry_delta + count(*), byte_delta + sum(size) INTO entry_delta, byte_delta FROM added;
         END IF;
         RETURN;
@@ -63,10 +72,8 @@ BEGIN
         RETURN;
     END IF;
     IF v_top IS NULL THEN
-        INSERT INTO sms.entries (tenant_id, fsa_id, collection, is_member, member, value, version)
-        VALUES (p_tenant_id, p_fsa_id, v_keys[1], false, '', '{}', p_version);
-        entry_delta := entry_delta + 1;
-        byte_delta := byte_delta + 2;  -- the marker {}
+        SELECT write_op.entry_delta + d.entry_delta, write_op.byte_delta + d.byte_delta INTO entry_delta, byte_delta
+          FROM sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', NULL, '{}', p_version) d;
     END IF;
 
     -- $merge on a whole collection touches one member per key of the patch; any other op one member

@@ -12,7 +12,8 @@
 --     (SM003 / SM004, reporting the current version and values);
 --   * a type mismatch (SM002) applies nothing;
 --   * exactly one NOTIFY on channel sms_changes with ids only (< 1 KB), unless the setting
---     sms.notify is 'off'.
+--     sms.notify is 'off';
+--   * every sms.snapshot_every() versions, a snapshot (sms.take_snapshot).
 CREATE OR REPLACE FUNCTION sms.apply_ops(
     p_tenant_id        text,
     p_fsa_id           text,
@@ -105,6 +106,10 @@ BEGIN
        SET version = v_version, updated_at = now(),
            entry_count = entry_count + v_entries, content_bytes = content_bytes + v_bytes
      WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id;
+
+    IF v_version % sms.snapshot_every() = 0 THEN
+        PERFORM sms.take_snapshot(p_tenant_id, p_fsa_id, v_version);
+    END IF;
 
     IF coalesce(current_setting('sms.notify', true), '') <> 'off' THEN
         v_payload := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,

@@ -15,9 +15,11 @@ from litestar.openapi import OpenAPIConfig
 
 from app import __version__
 from app.api.events import EVENT_ROUTES
+from app.api.history import HISTORY_ROUTES
 from app.api.routes import ROUTES
 from app.db.listener import Listener
 from app.db.queries import Database
+from app.domain import jsontext
 from app.errors import Problem, invalid_id, malformed
 from app.feed import Feed
 from app.settings import Settings
@@ -28,7 +30,8 @@ PROBLEM_JSON = "application/problem+json"
 
 
 def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
-    return Response(problem.to_dict(), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
+    body = jsontext.encode(problem.to_dict())  # exact numbers in reported values
+    return Response(body, status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
 
 
 def _on_problem(_: Request, exc: Problem) -> Response:
@@ -86,6 +89,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             max_size=settings.pool_max_size,
             statement_timeout_ms=settings.statement_timeout_ms,
             notify=settings.notify,
+            snapshot_every=settings.snapshot_every,
         )
         listener = Listener(database_url)
         await listener.start()
@@ -103,7 +107,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
         return state.feed
 
     return Litestar(
-        route_handlers=[*ROUTES, *EVENT_ROUTES],
+        route_handlers=[*ROUTES, *EVENT_ROUTES, *HISTORY_ROUTES],
         lifespan=[lifespan],
         state=State({"settings": settings}),
         dependencies={

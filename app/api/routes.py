@@ -54,7 +54,7 @@ def check_ids(settings: Settings, **ids: str) -> None:
             )
 
 
-def _json(text: str | bytes, status_code: int = HTTP_200_OK, headers: dict[str, str] | None = None) -> Response:
+def json_response(text: str | bytes, status_code: int = HTTP_200_OK, headers: dict[str, str] | None = None) -> Response:
     return Response(
         text.encode() if isinstance(text, str) else text, status_code=status_code, media_type=JSON, headers=headers
     )
@@ -93,22 +93,31 @@ async def read_state(
     fsa_id: FsaId,
     summary: Annotated[bool, QueryParameter(description="Return {version, summary} of the whole state")] = False,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
+    version: Annotated[
+        int | None, QueryParameter(ge=0, le=2**62, description="The state exactly as it was at this version")
+    ] = None,
 ) -> Response:
     """The full state: {"tenant_id", "fsa_id", "version", "state"}. ETag is the version; a
     matching If-None-Match gives 304. A state never written is {} at version 0. With
     summary=true: {"tenant_id", "fsa_id", "version", "summary"} within max_tokens."""
     check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    if version is not None:
+        # an old version never changes: cacheable for good
+        body = await db.read_state_at(tenant_id, fsa_id, version)
+        return json_response(
+            body, headers={"ETag": f'"{version}"', "Cache-Control": "public, max-age=31536000, immutable"}
+        )
     if summary:
-        version, document = await db.read_document(tenant_id, fsa_id)
-        text = state_summary(tenant_id, fsa_id, version, document, max_tokens)
-        body = {"tenant_id": tenant_id, "fsa_id": fsa_id, "version": version, "summary": text}
-        return _json(jsontext.encode(body), headers={"ETag": f'"{version}"'})
+        current, document = await db.read_document(tenant_id, fsa_id)
+        text = state_summary(tenant_id, fsa_id, current, document, max_tokens)
+        body = {"tenant_id": tenant_id, "fsa_id": fsa_id, "version": current, "summary": text}
+        return json_response(jsontext.encode(body), headers={"ETag": f'"{current}"'})
     known = _etag_version(request.headers.get("if-none-match"))
-    version, body = await db.read_state(tenant_id, fsa_id, unless_version=known)
-    headers = {"ETag": f'"{version}"'}
+    current, body = await db.read_state(tenant_id, fsa_id, unless_version=known)
+    headers = {"ETag": f'"{current}"'}
     if body is None:
         return Response(b"", status_code=304, headers=headers)
-    return _json(body, headers=headers)
+    return json_response(body, headers=headers)
 
 
 @get("/state/{tenant_id:str}/{fsa_id:str}/slice")
@@ -159,7 +168,7 @@ async def read_slice(
         "truncated": read["truncated"],
         "cached": read["cached"],
     }
-    return _json(jsontext.encode(response), headers={"ETag": f'"{read["version"]}"'})
+    return json_response(jsontext.encode(response), headers={"ETag": f'"{read["version"]}"'})
 
 
 @post("/state/{tenant_id:str}/{fsa_id:str}", status_code=HTTP_200_OK)
@@ -171,7 +180,7 @@ async def replace_state(request: Request, db: Db, state: State, tenant_id: Tenan
     check_document(decode_body(body, settings.limits), settings.limits)
     meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
     result = await db.replace_state(tenant_id, fsa_id, body.decode(), meta)
-    return _json(result, headers=_result_etag(result))
+    return json_response(result, headers=_result_etag(result))
 
 
 @post("/state/{tenant_id:str}/{fsa_id:str}/delta", status_code=HTTP_200_OK)
@@ -184,7 +193,7 @@ async def apply_delta(request: Request, db: Db, state: State, tenant_id: TenantI
     delta = await _delta_text(request, settings)
     meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
     result = await db.apply_delta(tenant_id, fsa_id, delta, meta)
-    return _json(result, headers=_result_etag(result))
+    return json_response(result, headers=_result_etag(result))
 
 
 @post("/validate/delta", status_code=HTTP_200_OK)
@@ -222,7 +231,7 @@ async def read_deltas(
     """The delta log after `since`, oldest first: for catch-up and audit. `more` says whether
     another page follows."""
     check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
-    return _json(await db.read_deltas(tenant_id, fsa_id, since, limit))
+    return json_response(await db.read_deltas(tenant_id, fsa_id, since, limit))
 
 
 def _etag_version(value: str | None) -> int | None:

@@ -44,7 +44,7 @@ WITH page AS (
 )
 SELECT '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text) || ',"since":' || $3::bigint
        || ',"version":' || coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0)
-       || ',"deltas":' || coalesce((SELECT json_agg(p ORDER BY p.version)
+       || ',"deltas":' || coalesce((SELECT to_json(array_agg(p ORDER BY p.version))
                                      FROM (SELECT * FROM page ORDER BY version LIMIT $4) p), '[]')::text
        || ',"more":' || ((SELECT count(*) FROM page) > $4)::text || '}'
 """
@@ -64,6 +64,31 @@ hit AS (
 SELECT read FROM r
 """
 
+
+_READ_STATE_AT = """
+SELECT '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text) || ',"version":' || $3::bigint
+       || ',"state":' || sms.document_at($1, $2, $3)::text || '}'
+"""
+
+_READ_LINEAGE = """
+SELECT '{"tenant_id":' || to_json($1::text) || ',"lineage_id":' || to_json($2::text) || ',"deltas":'
+       || coalesce((SELECT to_json(array_agg(d ORDER BY d.created_at, d.fsa_id, d.version)) FROM (
+              SELECT fsa_id, version, delta_id, actor, lineage_id, trace_id, parent_id, meta, ops, paths, created_at
+                FROM sms.deltas WHERE tenant_id = $1 AND lineage_id = $2
+               ORDER BY created_at, fsa_id, version LIMIT $3) d), '[]')::text || '}'
+"""
+
+_READ_COMMENTS = """
+SELECT coalesce(to_json(array_agg(c ORDER BY c.comment_id DESC)), '[]')::text FROM (
+    SELECT comment_id, task_id, author, body, is_blocker, lineage_id, created_at FROM sms.task_comments
+     WHERE tenant_id = $1 AND fsa_id = $2 AND task_id = $3 ORDER BY comment_id DESC LIMIT $4) c
+"""
+
+_WRITE_FUNCTIONS = {
+    "rollback": "SELECT sms.rollback($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text",
+    "heartbeat": "SELECT sms.heartbeat($1, $2, $3, $4)::text",
+    "add_comment": "SELECT sms.add_comment($1, $2, $3, $4, $5, $6, $7)::text",
+}
 
 _READ_FEED = """
 WITH slice AS (SELECT CASE WHEN $6::text IS NOT NULL THEN sms.parse_slice($6) END AS parts)
@@ -100,6 +125,7 @@ class Database:
         max_size: int = 20,
         statement_timeout_ms: int = 5000,
         notify: bool = True,
+        snapshot_every: int = 1000,
     ) -> Database:
         try:
             pool = await asyncpg.create_pool(
@@ -111,6 +137,7 @@ class Database:
                     "application_name": "sms",
                     "statement_timeout": str(statement_timeout_ms),
                     "sms.notify": "on" if notify else "off",
+                    "sms.snapshot_every": str(snapshot_every),
                 },
             )
         except (OSError, asyncpg.PostgresError) as exc:
@@ -142,13 +169,15 @@ class Database:
     async def apply_delta(self, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> str:
         """Apply a delta (JSON text); returns the result object as JSON text."""
         async with self._connection() as conn:
-            return await conn.fetchval(_APPLY.format(function="apply_delta"), *_args(tenant_id, fsa_id, delta, meta))
+            return await conn.fetchval(
+                _APPLY.format(function="apply_delta"), *write_args(tenant_id, fsa_id, delta, meta)
+            )
 
     async def replace_state(self, tenant_id: str, fsa_id: str, document: str, meta: WriteMeta) -> str:
         """Replace the whole state (JSON text), logged as one delta; the result as JSON text."""
         async with self._connection() as conn:
             return await conn.fetchval(
-                _APPLY.format(function="replace_state"), *_args(tenant_id, fsa_id, document, meta)
+                _APPLY.format(function="replace_state"), *write_args(tenant_id, fsa_id, document, meta)
             )
 
     async def dry_run(self, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> dict[str, Any]:
@@ -163,7 +192,7 @@ class Database:
                     fsa_id,
                 )
                 result = await conn.fetchval(
-                    _APPLY.format(function="apply_delta"), *_args(tenant_id, fsa_id, delta, meta)
+                    _APPLY.format(function="apply_delta"), *write_args(tenant_id, fsa_id, delta, meta)
                 )
             finally:
                 await tx.rollback()
@@ -249,13 +278,71 @@ class Database:
                 version,
             )
 
+    async def current_version(self, tenant_id: str, fsa_id: str) -> int:
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                "SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0)",
+                tenant_id,
+                fsa_id,
+            )
+
+    async def read_state_at(self, tenant_id: str, fsa_id: str, version: int) -> str:
+        """{"tenant_id","fsa_id","version","state"} exactly as the state was at `version`."""
+        async with self._connection() as conn:
+            return await conn.fetchval(_READ_STATE_AT, tenant_id, fsa_id, version)
+
+    async def documents_at(self, tenant_id: str, fsa_id: str, *versions: int) -> list[Any]:
+        """The state at each version, from one snapshot of the database."""
+        async with self._connection() as conn:
+            return await conn.fetchval(
+                "SELECT array_agg(sms.document_at($1, $2, v) ORDER BY o)"
+                " FROM unnest($3::bigint[]) WITH ORDINALITY u(v, o)",
+                tenant_id,
+                fsa_id,
+                list(versions),
+            )
+
+    async def path_changes(self, tenant_id: str, fsa_id: str, path: str, limit: int) -> list[dict[str, Any]]:
+        async with self._connection() as conn:
+            rows = await conn.fetch("SELECT * FROM sms.path_changes($1, $2, $3, $4)", tenant_id, fsa_id, path, limit)
+        return [dict(row) for row in rows]
+
+    async def lineage(self, tenant_id: str, lineage_id: str, limit: int) -> str:
+        """A lineage's deltas across the tenant's states, in time order, as JSON text."""
+        async with self._connection() as conn:
+            return await conn.fetchval(_READ_LINEAGE, tenant_id, lineage_id, limit)
+
+    async def changes_since(self, tenant_id: str, fsa_id: str, since: int, slice_spec: str | None, max_tokens: int):
+        """(sms.changes_since, sms.changes_digest) from one snapshot."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT sms.changes_since($1, $2, $3, $4), sms.changes_digest($1, $2, $3, $4, $5)",
+                tenant_id,
+                fsa_id,
+                since,
+                slice_spec,
+                max_tokens,
+            )
+        return row[0], row[1]
+
+    async def call_write(self, function: str, *args: Any) -> str:
+        """A writing SQL function of the service (rollback, heartbeat, add_comment) -> JSON text."""
+        if function not in _WRITE_FUNCTIONS:
+            raise ValueError(function)
+        async with self._connection() as conn:
+            return await conn.fetchval(_WRITE_FUNCTIONS[function], *args)
+
+    async def comments(self, tenant_id: str, fsa_id: str, task_id: str, limit: int) -> str:
+        async with self._connection() as conn:
+            return await conn.fetchval(_READ_COMMENTS, tenant_id, fsa_id, task_id, limit)
+
     async def read_deltas(self, tenant_id: str, fsa_id: str, since: int, limit: int) -> str:
         """The log after version `since`, oldest first, at most `limit` entries, as JSON text."""
         async with self._connection() as conn:
             return await conn.fetchval(_READ_DELTAS, tenant_id, fsa_id, since, limit)
 
 
-def _args(tenant_id: str, fsa_id: str, body: str, meta: WriteMeta) -> tuple[Any, ...]:
+def write_args(tenant_id: str, fsa_id: str, body: Any, meta: WriteMeta) -> tuple[Any, ...]:
     return (
         tenant_id,
         fsa_id,

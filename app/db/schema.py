@@ -10,6 +10,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Identity,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -97,4 +98,56 @@ summary_cache = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_used_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("tenant_id", "fsa_id", "cache_key"),
+)
+
+entry_history = Table(
+    "entry_history",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("collection", Text(collation="C"), nullable=False),
+    Column("is_member", Boolean, nullable=False),
+    Column("member", Text(collation="C"), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("value", JSONB),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "collection", "is_member", "member", "version"),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("taken_at", DateTime(timezone=True), nullable=False),
+    Column("baseline", Boolean, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "version"),
+)
+
+snapshot_entries = Table(
+    "snapshot_entries",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("collection", Text(collation="C"), nullable=False),
+    Column("is_member", Boolean, nullable=False),
+    Column("member", Text(collation="C"), nullable=False),
+    Column("value", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "version", "collection", "is_member", "member"),
+)
+
+task_comments = Table(
+    "task_comments",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("task_id", Text, nullable=False),
+    Column("comment_id", BigInteger, Identity(always=True), nullable=False),
+    Column("author", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("is_blocker", Boolean, nullable=False),
+    Column("lineage_id", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "task_id", "comment_id"),
 )

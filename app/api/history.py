@@ -1,0 +1,201 @@
+"""History and lineage routes (DESIGN §8): time travel, path history, diffs, rollback, lineage,
+"what changed since", and the original service's heartbeats and task comments. Each is one SQL
+function (sms.document_at, sms.path_changes, sms.rollback, sms.changes_digest, …); diffs are RFC
+6902 patches computed with jsonpatch."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import jsonpatch
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import QueryParameter
+from litestar.status_codes import HTTP_200_OK
+
+from app.api.routes import DEFAULT_MAX_TOKENS, Db, FsaId, MaxTokens, TenantId, check_ids, json_response
+from app.db.queries import write_args
+from app.domain import jsontext
+from app.domain.delta import decode_body, write_meta
+from app.errors import Problem, invalid_id, malformed
+
+Version = Annotated[int, QueryParameter(ge=0, le=2**62, description="A version of the state")]
+Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="At most this many rows")]
+
+
+@get("/state/{tenant_id:str}/{fsa_id:str}/history")
+async def path_history(
+    db: Db,
+    state: State,
+    tenant_id: TenantId,
+    fsa_id: FsaId,
+    path: Annotated[
+        str, QueryParameter(min_length=1, max_length=1000, description="Dotted path, e.g. tasks.T1.status")
+    ],
+    limit: Limit = 100,
+) -> Response:
+    """Who changed `path`, when, from what to what, newest first (`old`/`new` are left out when
+    the path did not exist before / does not exist after)."""
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    rows = await db.path_changes(tenant_id, fsa_id, path, limit)
+    changes = []
+    for row in rows:
+        change: dict[str, Any] = {
+            "version": row["version"],
+            "path": row["path"],
+            "actor": row["actor"],
+            "lineage_id": row["lineage_id"],
+            "trace_id": row["trace_id"],
+            "created_at": row["created_at"].isoformat(),
+        }
+        if row["existed"]:
+            change["old"] = row["old_value"]
+        if row["exists_now"]:
+            change["new"] = row["new_value"]
+        changes.append(change)
+    body = {"tenant_id": tenant_id, "fsa_id": fsa_id, "path": path, "changes": changes}
+    return json_response(jsontext.encode(body))
+
+
+@get("/state/{tenant_id:str}/{fsa_id:str}/diff")
+async def diff(
+    db: Db,
+    state: State,
+    tenant_id: TenantId,
+    fsa_id: FsaId,
+    from_version: Annotated[int, QueryParameter(name="from", ge=0, description="Older version")],
+    to_version: Annotated[
+        int | None, QueryParameter(name="to", ge=0, description="Newer version (default: current)")
+    ] = None,
+) -> Response:
+    """An RFC 6902 JSON Patch that turns the state at `from` into the state at `to`."""
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    if to_version is None:
+        to_version = await db.current_version(tenant_id, fsa_id)
+    before, after = await db.documents_at(tenant_id, fsa_id, from_version, to_version)
+    patch = jsonpatch.JsonPatch.from_diff(before, after, dumps=lambda value: jsontext.encode(value).decode()).patch
+    body = {"tenant_id": tenant_id, "fsa_id": fsa_id, "from": from_version, "to": to_version, "patch": patch}
+    return json_response(jsontext.encode(body))
+
+
+@post("/state/{tenant_id:str}/{fsa_id:str}/rollback", status_code=HTTP_200_OK)
+async def rollback(
+    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, to_version: Version
+) -> Response:
+    """Restore the content the state had at `to_version`, as a new logged delta (with its actor,
+    lineage and NOTIFY); the log stays append-only."""
+    settings = state.settings
+    check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    params = {k: v for k, v in request.query_params.items() if k != "to_version"}
+    meta = write_meta(params, dict(request.headers), settings.limits)
+    result = await db.call_write("rollback", *write_args(tenant_id, fsa_id, to_version, meta))
+    return json_response(result)
+
+
+@get("/lineage/{lineage_id:str}")
+async def lineage(
+    db: Db,
+    state: State,
+    lineage_id: Annotated[str, QueryParameter(description="Lineage (span) id")],
+    tenant_id: Annotated[str, QueryParameter(description="Tenant whose states to search")],
+    limit: Limit = 1000,
+) -> Response:
+    """A lineage's deltas across the tenant's states, in time order."""
+    check_ids(state.settings, tenant_id=tenant_id, lineage_id=lineage_id)
+    return json_response(await db.lineage(tenant_id, lineage_id, limit))
+
+
+@get("/state/{tenant_id:str}/{fsa_id:str}/changes")
+async def changes(
+    db: Db,
+    state: State,
+    tenant_id: TenantId,
+    fsa_id: FsaId,
+    since: Version,
+    slice_spec: Annotated[
+        str | None, QueryParameter(name="slice", max_length=2000, description="Only changes touching this slice")
+    ] = None,
+    max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
+) -> Response:
+    """What changed since version `since`: a token-budgeted digest (who, which lineages, each
+    changed path once, old -> new) plus the same as data."""
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    data, digest = await db.changes_since(tenant_id, fsa_id, since, slice_spec, max_tokens)
+    body = {"tenant_id": tenant_id, "fsa_id": fsa_id, **data, "digest": digest}
+    return json_response(jsontext.encode(body))
+
+
+@post("/agents/{tenant_id:str}/{fsa_id:str}/{agent_path:path}", status_code=HTTP_200_OK)
+async def heartbeat(
+    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, agent_path: str
+) -> Response:
+    """POST /agents/{tenant}/{fsa}/{agent}/heartbeat: records agents_online.{agent} as the
+    latest time it was seen. Agent names may contain "/"."""
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    agent, _, action = agent_path.strip("/").rpartition("/")
+    if action != "heartbeat" or not agent:
+        raise Problem(404, "not-found", "Not Found", "use POST /agents/{tenant}/{fsa}/{agent}/heartbeat")
+    if len(agent) > state.settings.limits.max_id_length:
+        raise invalid_id(f"agent must be 1 to {state.settings.limits.max_id_length} characters", field="agent")
+    lineage_id = request.query_params.get("lineage_id") or request.headers.get("x-lineage-id")
+    return json_response(await db.call_write("heartbeat", tenant_id, fsa_id, agent, lineage_id))
+
+
+@post("/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comment", status_code=HTTP_200_OK)
+async def add_comment(
+    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: str
+) -> Response:
+    """Comment on a task (404 when tasks.{task_id} does not exist): author, markdown body,
+    is_blocker and lineage_id as query parameters, or a JSON object with those keys, or the
+    markdown itself as a text body."""
+    settings = state.settings
+    check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id, task_id=task_id)
+    fields: dict[str, Any] = dict(request.query_params)
+    raw = await request.body()
+    media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if raw.strip() and media_type.startswith("text/"):
+        try:
+            fields["body"] = raw.decode()
+        except UnicodeDecodeError:
+            raise malformed("the body is not valid UTF-8") from None
+    elif raw.strip():
+        given = decode_body(raw, settings.limits)
+        if not isinstance(given, dict):
+            raise malformed("send the comment as a JSON object: {author, body, is_blocker, lineage_id}")
+        fields.update(given)
+    body = fields.get("body", fields.get("comment", fields.get("content")))
+    if not isinstance(fields.get("author"), str) or not isinstance(body, str):
+        raise Problem(422, "invalid-comment", "The comment is invalid", "a comment needs an author and a body (text)")
+    result = await db.call_write(
+        "add_comment",
+        tenant_id,
+        fsa_id,
+        task_id,
+        fields["author"],
+        body,
+        _flag(fields.get("is_blocker", False)),
+        fields.get("lineage_id"),
+    )
+    return json_response(result)
+
+
+@get("/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comments")
+async def list_comments(
+    db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: str, limit: Limit = 50
+) -> Response:
+    """A task's comments, newest first."""
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id, task_id=task_id)
+    return json_response(await db.comments(tenant_id, fsa_id, task_id, limit))
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in {"1", "true", "yes", "on"}:
+        return True
+    if str(value).lower() in {"0", "false", "no", "off", ""}:
+        return False
+    raise malformed(f"is_blocker must be true or false, not {str(value)[:20]!r}")
+
+
+HISTORY_ROUTES = [path_history, diff, rollback, lineage, changes, heartbeat, add_comment, list_comments]

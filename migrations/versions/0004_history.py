@@ -1,0 +1,55 @@
+"""History, lineage and reporting: sms.entry_history (every value each entry held), snapshots
+every sms.snapshot_every() versions, task comments, the lineage index, time travel
+(document_at), path history, changes since a version and its digest, rollback, heartbeats, and
+the reporting views delta_lineage, actor_activity and path_history. Existing states get a
+baseline snapshot: their history is kept from their current version on.
+
+Executes 0004_history.sql, a frozen copy of what it installs; the downgrade restores the 0003
+functions from 0004_history_downgrade.sql.
+
+Revision ID: 0004
+Revises: 0003
+"""
+
+from pathlib import Path
+
+from alembic import op
+
+from app.db.migrate import execute_script
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+FROZEN_SQL = Path(__file__).with_name("0004_history.sql")
+FROZEN_DOWNGRADE_SQL = Path(__file__).with_name("0004_history_downgrade.sql")
+
+
+def upgrade() -> None:
+    execute_script(FROZEN_SQL.read_text())
+
+
+def downgrade() -> None:
+    for view in ("path_history", "actor_activity", "delta_lineage"):
+        op.execute(f"DROP VIEW sms.{view}")
+    for function in (
+        "add_comment(text, text, text, text, text, boolean, text)",
+        "heartbeat(text, text, text, text, timestamptz)",
+        "rollback(text, text, bigint, text, text, uuid, bigint, jsonb, text, text)",
+        "changes_digest(text, text, bigint, text, integer)",
+        "changes_since(text, text, bigint, text)",
+        "path_changes(text, text, text, integer)",
+        "value_at(text, text, text[], bigint)",
+        "document_at(text, text, bigint)",
+        "check_version(text, text, bigint)",
+        "entries_at(text, text, bigint)",
+        "entry_at(text, text, text, boolean, text, bigint)",
+    ):
+        op.execute(f"DROP FUNCTION sms.{function}")
+    execute_script(FROZEN_DOWNGRADE_SQL.read_text())
+    for function in ("brief(jsonb)", "take_snapshot(text, text, bigint)", "snapshot_every()"):
+        op.execute(f"DROP FUNCTION sms.{function}")
+    op.execute("DROP INDEX sms.deltas_by_lineage")
+    for table in ("task_comments", "snapshot_entries", "snapshots", "entry_history"):
+        op.execute(f"DROP TABLE sms.{table}")

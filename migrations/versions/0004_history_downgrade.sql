@@ -1,0 +1,258 @@
+-- ===== sql/059_put_entry.sql
+-- sms.put_entry(...): stores one entry's new value given its old one (NULL = absent): insert,
+-- update, delete, or nothing when the value did not change. Returns the change in entry count
+-- and content bytes (the size of the values' JSON text).
+CREATE OR REPLACE FUNCTION sms.put_entry(p_tenant_id text, p_fsa_id text, p_collection text,
+                                         p_is_member boolean, p_member text, p_old jsonb, p_new jsonb,
+                                         p_version bigint, OUT entry_delta bigint, OUT byte_delta bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    entry_delta := 0;
+    byte_delta := coalesce(octet_length(p_new::text), 0) - coalesce(octet_length(p_old::text), 0);
+    IF p_new IS NOT DISTINCT FROM p_old THEN
+        byte_delta := 0;
+    ELSIF p_old IS NULL THEN
+        INSERT INTO sms.entries (tenant_id, fsa_id, collection, is_member, member, value, version)
+        VALUES (p_tenant_id, p_fsa_id, p_collection, p_is_member, p_member, p_new, p_version);
+        entry_delta := 1;
+    ELSIF p_new IS NULL THEN
+        DELETE FROM sms.entries
+         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
+           AND is_member = p_is_member AND member = p_member;
+        entry_delta := -1;
+    ELSE
+        UPDATE sms.entries SET value = p_new, version = p_version
+         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
+           AND is_member = p_is_member AND member = p_member;
+    END IF;
+END;
+$$;
+
+-- ===== sql/060_write_op.sql
+-- sms.write_op(tenant, fsa, version, op): applies one normalised op to sms.entries, touching only
+-- the entries on its path (cost ∝ the entry, never the state). Returns how the state's entry
+-- count and content bytes changed. The caller (sms.apply_delta) holds the state's lock.
+CREATE OR REPLACE FUNCTION sms.write_op(p_tenant_id text, p_fsa_id text, p_version bigint, p_op jsonb,
+                                        OUT entry_delta bigint, OUT byte_delta bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_keys text[] := ARRAY(SELECT jsonb_array_elements_text(p_op -> 'path'));
+    v_op   text   := p_op ->> 'op';
+    v_arg  jsonb  := p_op -> 'value';
+    v_at   text   := sms.format_path(v_keys);
+    v_top  jsonb;   -- the top-level row: NULL if absent, the marker '{}' if an object
+    v_key  text;
+    v_old  jsonb;
+    v_new  jsonb;
+BEGIN
+    entry_delta := 0;
+    byte_delta := 0;
+    SELECT value INTO v_top FROM sms.entries
+     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1] AND NOT is_member;
+
+    IF cardinality(v_keys) = 1 AND v_op IN ('set', 'unset') THEN
+        -- replace or remove a whole top-level key
+        WITH gone AS (
+            DELETE FROM sms.entries
+             WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1]
+            RETURNING octet_length(value::text) AS size)
+        SELECT -count(*), -coalesce(sum(size), 0) INTO entry_delta, byte_delta FROM gone;
+        IF v_op = 'set' THEN
+            WITH added AS (
+                INSERT INTO sms.entries (tenant_id, fsa_id, collection, is_member, member, value, version)
+                SELECT p_tenant_id, p_fsa_id, v_keys[1], false, '',
+                       CASE WHEN jsonb_typeof(v_arg) = 'object' THEN '{}' ELSE v_arg END, p_version
+                UNION ALL
+                SELECT p_tenant_id, p_fsa_id, v_keys[1], true, key, value, p_version
+                  FROM jsonb_each(CASE WHEN jsonb_typeof(v_arg) = 'object' THEN v_arg ELSE '{}' END)
+                RETURNING octet_length(value::text) AS size)
+            SELECT entry_delta + count(*), byte_delta + sum(size) INTO entry_delta, byte_delta FROM added;
+        END IF;
+        RETURN;
+    END IF;
+
+    IF cardinality(v_keys) = 1 AND v_op <> 'merge' THEN
+        -- an operator on a top-level value; on an object marker apply_op raises the type mismatch
+        v_new := sms.apply_op(v_top, '{}', v_op, v_arg, v_at);
+        SELECT d.entry_delta, d.byte_delta INTO entry_delta, byte_delta
+          FROM sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', v_top, v_new, p_version) d;
+        RETURN;
+    END IF;
+
+    IF cardinality(v_keys) = 1 AND jsonb_typeof(v_top) <> 'object' THEN
+        -- $merge replaces a value that is not an object (RFC 7396)
+        SELECT d.entry_delta, d.byte_delta INTO entry_delta, byte_delta
+          FROM sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', v_top, NULL, p_version) d;
+        v_top := NULL;
+    END IF;
+    IF v_top IS NOT NULL AND jsonb_typeof(v_top) <> 'object' THEN
+        -- writing through a scalar or array: apply_op raises (or ignores $unset/$remove)
+        PERFORM sms.apply_op(v_top, v_keys[2:], v_op, v_arg, v_at);
+        RETURN;
+    END IF;
+    IF v_top IS NULL AND v_op IN ('unset', 'remove') THEN
+        RETURN;
+    END IF;
+    IF v_top IS NULL THEN
+        INSERT INTO sms.entries (tenant_id, fsa_id, collection, is_member, member, value, version)
+        VALUES (p_tenant_id, p_fsa_id, v_keys[1], false, '', '{}', p_version);
+        entry_delta := entry_delta + 1;
+        byte_delta := byte_delta + 2;  -- the marker {}
+    END IF;
+
+    -- $merge on a whole collection touches one member per key of the patch; any other op one member
+    FOR v_key, v_arg IN
+        SELECT key, value FROM jsonb_each(v_arg) WHERE cardinality(v_keys) = 1
+        UNION ALL
+        SELECT v_keys[2], v_arg WHERE cardinality(v_keys) > 1
+    LOOP
+        SELECT value INTO v_old FROM sms.entries
+         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1]
+           AND is_member AND member = v_key;
+        v_new := CASE WHEN cardinality(v_keys) = 1
+                      THEN nullif(sms.merge_patch(v_old, v_arg), 'null')
+                      ELSE sms.apply_op(v_old, v_keys[3:], v_op, v_arg, v_at) END;
+        SELECT write_op.entry_delta + d.entry_delta, write_op.byte_delta + d.byte_delta INTO entry_delta, byte_delta
+          FROM sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], true, v_key, v_old, v_new, p_version) d;
+    END LOOP;
+END;
+$$;
+
+-- ===== sql/069_apply_ops.sql
+-- sms.apply_ops(...): applies normalised ops and preconditions (see sms.normalize_delta) to the
+-- state (tenant_id, fsa_id); the engine behind sms.apply_delta and sms.replace_state, and what a
+-- replay of the log calls with each logged row's ops. Ops are trusted to be normalised (as in
+-- sms.deltas.ops); use sms.apply_delta for anything else. Returns {"success": true, "version",
+-- "delta_id", "changed": [paths], "duplicate"}.
+-- Guarantees:
+--   * atomic: the entries, the log row and the NOTIFY commit together or not at all;
+--   * serial per state: sms.lock_state serialises writers, versions are gap-free (v = previous + 1);
+--   * idempotent: a known delta_id returns the first result and applies nothing (SM005 if the
+--     same id comes with different ops);
+--   * optimistic concurrency: p_expected_version and the preconditions are checked under the lock
+--     (SM003 / SM004, reporting the current version and values);
+--   * a type mismatch (SM002) applies nothing;
+--   * exactly one NOTIFY on channel sms_changes with ids only (< 1 KB), unless the setting
+--     sms.notify is 'off'.
+CREATE OR REPLACE FUNCTION sms.apply_ops(
+    p_tenant_id        text,
+    p_fsa_id           text,
+    p_ops              jsonb,
+    p_expect           jsonb  DEFAULT '[]',
+    p_actor            text   DEFAULT NULL,
+    p_lineage_id       text   DEFAULT NULL,
+    p_delta_id         uuid   DEFAULT NULL,
+    p_expected_version bigint DEFAULT NULL,
+    p_meta             jsonb  DEFAULT '{}',
+    p_trace_id         text   DEFAULT NULL,
+    p_parent_id        text   DEFAULT NULL
+) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ops         jsonb := p_ops;
+    v_version     bigint;
+    v_prior       sms.deltas;
+    v_failed      jsonb;
+    v_op          jsonb;
+    v_entries     bigint := 0;
+    v_bytes       bigint := 0;
+    v_paths       text[];
+    v_collections text[];
+    v_payload     text;
+BEGIN
+    PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, '')),
+            sms.check_id('actor', p_actor), sms.check_id('lineage_id', p_lineage_id),
+            sms.check_id('trace_id', p_trace_id), sms.check_id('parent_id', p_parent_id);
+    IF p_meta IS NOT NULL AND jsonb_typeof(p_meta) <> 'object' THEN
+        PERFORM sms.raise_invalid('meta', 'meta must be a JSON object');
+    END IF;
+
+    v_version := sms.lock_state(p_tenant_id, p_fsa_id);
+
+    IF p_delta_id IS NOT NULL THEN
+        SELECT * INTO v_prior FROM sms.deltas
+         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND delta_id = p_delta_id;
+        IF FOUND THEN
+            IF v_prior.ops <> v_ops THEN
+                RAISE EXCEPTION USING ERRCODE = 'SM005',
+                    MESSAGE = format('delta_id %s was already used for a different delta (version %s)',
+                                     p_delta_id, v_prior.version),
+                    DETAIL = jsonb_build_object('delta_id', p_delta_id, 'version', v_prior.version)::text;
+            END IF;
+            RETURN jsonb_build_object('success', true, 'version', v_prior.version, 'delta_id', v_prior.delta_id,
+                                      'changed', to_jsonb(v_prior.paths), 'duplicate', true);
+        END IF;
+    END IF;
+
+    IF p_expected_version IS NOT NULL AND p_expected_version <> v_version THEN
+        RAISE EXCEPTION USING ERRCODE = 'SM003',
+            MESSAGE = format('expected version %s, but the state is at version %s', p_expected_version, v_version),
+            DETAIL = jsonb_build_object('current_version', v_version,
+                                        'current', sms.read_paths(p_tenant_id, p_fsa_id, v_ops))::text;
+    END IF;
+
+    SELECT jsonb_agg(sms.format_path(k)) INTO v_failed
+      FROM jsonb_array_elements(coalesce(p_expect, '[]')) e,
+           LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(e -> 'path'))) p(k),
+           LATERAL sms.read_path(p_tenant_id, p_fsa_id, k) cur
+     WHERE CASE WHEN e ? 'exists' THEN (cur IS NOT NULL) <> (e ->> 'exists')::boolean
+                ELSE cur IS DISTINCT FROM e -> 'value' END;
+    IF v_failed IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'SM004',
+            MESSAGE = format('$expect failed at %s', (SELECT string_agg(format('"%s"', f), ', ')
+                                                       FROM jsonb_array_elements_text(v_failed) f)),
+            DETAIL = jsonb_build_object('current_version', v_version, 'failed', v_failed,
+                                        'current', sms.read_paths(p_tenant_id, p_fsa_id, p_expect))::text;
+    END IF;
+
+    v_version := v_version + 1;
+    FOR v_op IN SELECT value FROM jsonb_array_elements(v_ops) LOOP
+        SELECT v_entries + w.entry_delta, v_bytes + w.byte_delta INTO v_entries, v_bytes
+          FROM sms.write_op(p_tenant_id, p_fsa_id, v_version, v_op) w;
+    END LOOP;
+
+    SELECT array_agg(sms.format_path(k) ORDER BY n), array_agg(DISTINCT k[1])
+      INTO v_paths, v_collections
+      FROM jsonb_array_elements(v_ops) WITH ORDINALITY o(op, n),
+           LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(op -> 'path'))) p(k);
+
+    INSERT INTO sms.deltas (tenant_id, fsa_id, version, delta_id, actor, lineage_id, trace_id, parent_id,
+                            meta, ops, paths, collections)
+    VALUES (p_tenant_id, p_fsa_id, v_version, coalesce(p_delta_id, gen_random_uuid()), p_actor, p_lineage_id,
+            p_trace_id, p_parent_id, coalesce(p_meta, '{}'), v_ops, v_paths, v_collections)
+    RETURNING * INTO v_prior;
+
+    UPDATE sms.states
+       SET version = v_version, updated_at = now(),
+           entry_count = entry_count + v_entries, content_bytes = content_bytes + v_bytes
+     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id;
+
+    IF coalesce(current_setting('sms.notify', true), '') <> 'off' THEN
+        v_payload := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
+                                        'delta_id', v_prior.delta_id, 'actor', p_actor,
+                                        'lineage_id', p_lineage_id, 'collections', to_jsonb(v_collections))::text;
+        IF octet_length(v_payload) > 1000 THEN
+            -- many or long collection names: send ids only; subscribers read the rest from the log
+            v_payload := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
+                                            'delta_id', v_prior.delta_id, 'truncated', true)::text;
+        END IF;
+        PERFORM pg_notify('sms_changes', v_payload);
+    END IF;
+
+    RETURN jsonb_build_object('success', true, 'version', v_version, 'delta_id', v_prior.delta_id,
+                              'changed', to_jsonb(v_paths), 'duplicate', false);
+END;
+$$;
+
+-- ===== sql/013_deltas_append_only.sql
+-- sms.refuse_log_change(): the log is append-only. UPDATE, DELETE and TRUNCATE of sms.deltas are
+-- refused for everyone, also for SQL run directly from psql.
+CREATE OR REPLACE FUNCTION sms.refuse_log_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING
+        ERRCODE = 'SM008',
+        MESSAGE = format('sms.deltas is append-only: %s is not allowed', TG_OP);
+END;
+$$;
+

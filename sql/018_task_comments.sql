@@ -1,0 +1,13 @@
+-- sms.task_comments: comments on tasks (markdown bodies, blockers), append-only like the log.
+CREATE TABLE sms.task_comments (
+    tenant_id  text        NOT NULL,
+    fsa_id     text        NOT NULL,
+    task_id    text        NOT NULL,
+    comment_id bigint      GENERATED ALWAYS AS IDENTITY,
+    author     text        NOT NULL,
+    body       text        NOT NULL,
+    is_blocker boolean     NOT NULL DEFAULT false,
+    lineage_id text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, fsa_id, task_id, comment_id)
+);

@@ -1,0 +1,23 @@
+-- entry_history and task_comments are append-only too (sms.refuse_log_change). An entry_history
+-- row may be rewritten by the transaction that wrote it (two ops of one delta on one entry leave
+-- the entry's final value), never afterwards.
+CREATE TRIGGER entry_history_append_only
+    BEFORE UPDATE ON sms.entry_history
+    FOR EACH ROW WHEN (OLD.xmin <> pg_current_xact_id()::xid)
+    EXECUTE FUNCTION sms.refuse_log_change();
+
+CREATE TRIGGER entry_history_no_delete
+    BEFORE DELETE ON sms.entry_history
+    FOR EACH ROW EXECUTE FUNCTION sms.refuse_log_change();
+
+CREATE TRIGGER entry_history_no_truncate
+    BEFORE TRUNCATE ON sms.entry_history
+    FOR EACH STATEMENT EXECUTE FUNCTION sms.refuse_log_change();
+
+CREATE TRIGGER task_comments_append_only
+    BEFORE UPDATE OR DELETE ON sms.task_comments
+    FOR EACH ROW EXECUTE FUNCTION sms.refuse_log_change();
+
+CREATE TRIGGER task_comments_no_truncate
+    BEFORE TRUNCATE ON sms.task_comments
+    FOR EACH STATEMENT EXECUTE FUNCTION sms.refuse_log_change();

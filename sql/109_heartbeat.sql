@@ -1,0 +1,16 @@
+-- sms.heartbeat(tenant, fsa, agent, ...): records agents_online.<agent> as the latest time the
+-- agent was seen ($max of an ISO-8601 UTC timestamp, so late or concurrent heartbeats never move
+-- it back). Touches only that entry, so cached summaries of other collections stay valid.
+CREATE OR REPLACE FUNCTION sms.heartbeat(p_tenant_id text, p_fsa_id text, p_agent text,
+                                         p_lineage_id text DEFAULT NULL, p_at timestamptz DEFAULT now())
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM sms.check_id('agent', coalesce(p_agent, ''));
+    RETURN sms.apply_ops(p_tenant_id, p_fsa_id,
+        jsonb_build_array(jsonb_build_object(
+            'path', jsonb_build_array('agents_online', p_agent), 'op', 'max',
+            'value', to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))),
+        '[]', p_agent, p_lineage_id, NULL, NULL, jsonb_build_object('heartbeat', true));
+END;
+$$;
