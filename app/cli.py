@@ -1,4 +1,4 @@
-"""The `sms` command: serve, migrate, --version."""
+"""The `sms` command: serve, migrate, listen, demo, --version."""
 
 from __future__ import annotations
 
@@ -43,6 +43,27 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> None:
     print(f"migrated to {args.revision}")
 
 
+def run_listen(args: argparse.Namespace, settings: Settings) -> None:
+    import asyncio
+
+    from app.domain import jsontext
+    from app.feed import Feed
+
+    tenant_id, _, fsa_id = args.target.partition("/")
+
+    async def listen() -> None:
+        async with Feed.connect(database_url(settings)) as feed:
+            since = args.since if args.since is not None else None
+            async for change in feed.subscribe(tenant_id, fsa_id or None, since=since, slice_spec=args.slice):
+                sys.stdout.write(jsontext.encode(change.to_dict()).decode() + "\n")
+                sys.stdout.flush()
+
+    try:
+        asyncio.run(listen())
+    except KeyboardInterrupt:
+        pass
+
+
 def run_demo(args: argparse.Namespace, settings: Settings) -> None:
     from app import demo
 
@@ -70,6 +91,19 @@ def main(argv: list[str] | None = None) -> None:
     migrate_cmd = commands.add_parser("migrate", help="upgrade the database schema (alembic)")
     migrate_cmd.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
     migrate_cmd.set_defaults(run=run_migrate)
+
+    listen_cmd = commands.add_parser(
+        "listen",
+        help="print a tenant's or a state's changes as JSON lines, from the log and then live",
+        description="Print every change of tenant[/fsa] as one JSON line, oldest first: what the log holds "
+        "after --since, then live (NOTIFY wakes it; the log is what it reads, so nothing is missed).",
+    )
+    listen_cmd.add_argument("target", metavar="tenant[/fsa]", help="a tenant, or one state of it")
+    listen_cmd.add_argument(
+        "--since", help="resume after this version (one state) or event id fsa:version (a tenant); default: the start"
+    )
+    listen_cmd.add_argument("--slice", help="only changes that touch this slice spec, e.g. task:DESIGN_*")
+    listen_cmd.set_defaults(run=run_listen)
 
     demo_cmd = commands.add_parser(
         "demo", help="seed a project state and run five agents on it with the client; print what slices save"

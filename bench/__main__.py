@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import merge
+from bench import history, merge
+from bench import slice as slice_
 
-BENCHMARKS = {"merge": merge}
+BENCHMARKS = {"history": history, "merge": merge, "slice": slice_}
 
 
 def main(argv: list[str] | None = None) -> int:

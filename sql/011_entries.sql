@@ -4,7 +4,8 @@
 --   * a top-level object: a marker row (is_member = false, value '{}') so that {} round-trips,
 --     plus one row per member (is_member = true, member = the member's key).
 -- Keys use COLLATE "C" so that key-prefix globs are primary-key range scans.
--- `version` is the state version that last changed the entry.
+-- `version` is the state version that last changed the entry; for a marker row, that last changed
+-- any member of the collection.
 CREATE TABLE sms.entries (
     tenant_id  text                NOT NULL,
     fsa_id     text                NOT NULL,

@@ -25,6 +25,12 @@ BEGIN
          WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
            AND is_member = p_is_member AND member = p_member;
     END IF;
+    IF p_new IS DISTINCT FROM p_old AND p_is_member THEN
+        -- the collection's marker row carries the version of its latest change (sms.slice_coarse)
+        UPDATE sms.entries SET version = p_version
+         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
+           AND NOT is_member AND member = '' AND version < p_version;
+    END IF;
     IF p_new IS DISTINCT FROM p_old THEN
         INSERT INTO sms.entry_history (tenant_id, fsa_id, collection, is_member, member, version, value)
         VALUES (p_tenant_id, p_fsa_id, p_collection, p_is_member, p_member, p_version, p_new)

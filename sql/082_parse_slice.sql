@@ -6,7 +6,8 @@
 -- Forms: `alias:glob` (task -> tasks, metric -> metrics, agent -> agents_online,
 -- resource -> resources, any other name is the collection itself), `collection.member[.path]`
 -- where the member may be a glob (`resources.*`, `tasks.*.status`), and `key` alone.
--- Globs (`*`, `?`) match case-insensitively. Raises SM009 (invalid slice) with the reason.
+-- The pattern of `alias:pattern` is a glob (`*`, `?`), matched case-insensitively even without
+-- wildcards; a dotted path names its member exactly. Raises SM009 (invalid slice) with the reason.
 CREATE OR REPLACE FUNCTION sms.parse_slice(p_spec text) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
@@ -17,6 +18,7 @@ DECLARE
     v_collection text;
     v_out        jsonb := '[]';
     v_prefix     text;
+    v_alias      boolean;
 BEGIN
     IF p_spec IS NULL OR btrim(p_spec) = '' THEN
         RAISE EXCEPTION USING ERRCODE = 'SM009', MESSAGE = 'the slice spec is empty';
@@ -26,7 +28,8 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'SM009',
                 MESSAGE = format('slice spec "%s" has an empty part between commas', p_spec);
         END IF;
-        IF v_part ~ '^[^.:\\]+:' THEN
+        v_alias := v_part ~ '^[^.:\\]+:';
+        IF v_alias THEN
             v_name := split_part(v_part, ':', 1);
             v_glob := substr(v_part, length(v_name) + 2);
             v_collection := CASE lower(v_name) WHEN 'task' THEN 'tasks' WHEN 'metric' THEN 'metrics'
@@ -53,7 +56,7 @@ BEGIN
         IF cardinality(v_keys) = 1 THEN
             v_out := v_out || jsonb_build_object('spec', v_part, 'collection', v_keys[1], 'whole', true,
                 'path', '[]'::jsonb, 'member', NULL, 'pattern', '%', 'lo', '', 'hi', chr(1114111));
-        ELSIF v_keys[2] ~ '[*?]' THEN
+        ELSIF v_alias OR v_keys[2] ~ '[*?]' THEN
             v_glob := lower(v_keys[2] COLLATE "C");  -- folded as lower(member) is
             v_prefix := substring(v_glob FROM '^[^*?]*');
             v_out := v_out || jsonb_build_object('spec', v_part, 'collection', v_keys[1], 'whole', false,

@@ -5,15 +5,16 @@ CREATE OR REPLACE FUNCTION sms.store_slice_summary(p_tenant_id text, p_fsa_id te
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO sms.summary_cache AS c (tenant_id, fsa_id, cache_key, request, version, fingerprint, result,
-                                        summary, slice_bytes, summary_chars)
+    INSERT INTO sms.summary_cache AS c (tenant_id, fsa_id, cache_key, request, version, fingerprint, coarse,
+                                        result, summary, slice_bytes, summary_chars)
     VALUES (p_tenant_id, p_fsa_id, p_read ->> 'cache_key', p_read -> 'request', (p_read ->> 'version')::bigint,
-            p_read ->> 'fingerprint',
+            p_read ->> 'fingerprint', p_read ->> 'coarse',
             jsonb_build_object('slice', p_read -> 'slice', 'total', p_read -> 'total',
                                'truncated', p_read -> 'truncated', 'parts', p_read -> 'parts'),
             p_summary, octet_length((p_read -> 'slice')::text), length(p_summary))
     ON CONFLICT (tenant_id, fsa_id, cache_key) DO UPDATE
-       SET version = EXCLUDED.version, fingerprint = EXCLUDED.fingerprint, result = EXCLUDED.result,
+       SET version = EXCLUDED.version, fingerprint = EXCLUDED.fingerprint, coarse = EXCLUDED.coarse,
+           result = EXCLUDED.result,
            summary = EXCLUDED.summary, slice_bytes = EXCLUDED.slice_bytes,
            summary_chars = EXCLUDED.summary_chars, created_at = now(), last_used_at = now()
      WHERE c.version <= EXCLUDED.version;

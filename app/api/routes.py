@@ -24,7 +24,7 @@ from app.domain.delta import (
     from_merge_patch,
     write_meta,
 )
-from app.domain.summary import slice_body, slice_header, state_summary
+from app.domain.summary import slice_body, slice_header, slice_summary, state_summary
 from app.errors import invalid_id, invalid_slice
 from app.settings import Settings
 
@@ -155,14 +155,14 @@ async def read_slice(
     if read["cached"]:
         body_text = read["summary"]
     else:
-        body_text = slice_body(read, max_tokens)
+        body_text = slice_body(read, header, max_tokens)
         await db.store_slice_summary(tenant_id, fsa_id, read, body_text)
     response = {
         "tenant_id": tenant_id,
         "fsa_id": fsa_id,
         "version": read["version"],
         "slice": read["slice"],
-        "summary": header + ("\n" + body_text if body_text else ""),
+        "summary": slice_summary(header, body_text, max_tokens),
         "slice_pattern": spec,
         "total": read["total"],
         "truncated": read["truncated"],

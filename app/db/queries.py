@@ -54,7 +54,8 @@ _READ_SLICE = """
 WITH r AS (SELECT sms.read_slice($1, $2, $3, $4, $5, $6::jsonpath, $7) AS read),
 hit AS (
     -- count the hit without ever waiting: a row another reader is bumping is skipped
-    UPDATE sms.summary_cache c SET hits = c.hits + 1, last_used_at = now()
+    -- and remember the collections' versions it was found valid at
+    UPDATE sms.summary_cache c SET hits = c.hits + 1, last_used_at = now(), coarse = r.read ->> 'coarse'
       FROM r
      WHERE (r.read ->> 'cached')::boolean AND c.tenant_id = $1 AND c.fsa_id = $2
        AND c.ctid = (SELECT ctid FROM sms.summary_cache

@@ -97,6 +97,7 @@ summary_cache = Table(
     Column("hits", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("last_used_at", DateTime(timezone=True), nullable=False),
+    Column("coarse", Text, nullable=False),
     PrimaryKeyConstraint("tenant_id", "fsa_id", "cache_key"),
 )
 

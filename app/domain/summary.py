@@ -12,7 +12,8 @@ from decimal import Decimal
 from typing import Any
 
 CHARS_PER_TOKEN = 4
-HEADER_RESERVE = 320  # characters kept for the header when a body is cut to a budget
+VERSION_SLACK = 8  # a cached body stays within budget while the version in its header grows this many digits
+SPEC_LIMIT = 80  # characters of the slice spec quoted in a header
 LINE_LIMIT = 160
 # Fields that say the most about an entry, first; other short scalars follow.
 SALIENT = (
@@ -37,11 +38,21 @@ def estimate_tokens(text: str) -> int:
 def slice_header(tenant_id: str, fsa_id: str, version: int, spec: str, read: dict[str, Any]) -> str:
     shown = sum(part["returned"] for part in read["parts"])
     cut = f", cut to {shown}" if read["truncated"] else ""
-    return f"State {tenant_id}/{fsa_id} v{version} · slice {spec}: {read['total']} matched{cut}"
+    quoted = spec if len(spec) <= SPEC_LIMIT else spec[: SPEC_LIMIT - 1] + "…"
+    return f"State {tenant_id}/{fsa_id} v{version} · slice {quoted}: {read['total']} matched{cut}"
 
 
-def slice_body(read: dict[str, Any], max_tokens: int) -> str:
-    """Counts and entry lines of a slice read (sms.read_slice), within the token budget."""
+def slice_summary(header: str, body: str, max_tokens: int) -> str:
+    """A header and its (cached) body, within the budget even when the header alone is not."""
+    budget = max_tokens * CHARS_PER_TOKEN
+    if len(header) > budget:
+        return header[: budget - 1] + "…"
+    return header + "\n" + body if body else header
+
+
+def slice_body(read: dict[str, Any], header: str, max_tokens: int) -> str:
+    """Counts and entry lines of a slice read (sms.read_slice), within what the token budget
+    leaves after the header (and room for its version to grow, as the body is cached)."""
     lines: list[str] = []
     seen: set[tuple[str, str]] = set()
     for part in read["parts"]:
@@ -63,13 +74,15 @@ def slice_body(read: dict[str, Any], max_tokens: int) -> str:
             for key in part["path"]:
                 value = value.get(key) if isinstance(value, dict) else None
             lines.append(f"- {member}: {_brief(value)}")
-    return fit(lines, max_tokens * CHARS_PER_TOKEN - HEADER_RESERVE)
+    return fit(lines, max_tokens * CHARS_PER_TOKEN - len(header) - 1 - VERSION_SLACK)
 
 
 def state_summary(tenant_id: str, fsa_id: str, version: int, state: dict[str, Any], max_tokens: int) -> str:
     """The whole state in a budget: each top-level key with its size and status counts, then its
     first entries by key."""
     header = f"State {tenant_id}/{fsa_id} v{version} · {len(state)} top-level keys"
+    if len(header) >= max_tokens * CHARS_PER_TOKEN:
+        return header[: max_tokens * CHARS_PER_TOKEN - 1] + "…"
     lines: list[str] = []
     for key in sorted(state):
         value = state[key]
@@ -89,14 +102,17 @@ def state_summary(tenant_id: str, fsa_id: str, version: int, state: dict[str, An
 
 
 def fit(lines: list[str], budget_chars: int) -> str:
-    """As many whole lines as fit in the budget, then a line saying how many were left out."""
+    """As many whole lines as fit in the budget, then a line saying how many were left out (when
+    that line fits too)."""
     kept: list[str] = []
     used = 0
     for index, line in enumerate(lines):
         rest = len(lines) - index
         tail = len(f"… {rest} more lines not shown") + 1
         if used + len(line) + 1 > budget_chars - (tail if rest > 1 else 0):
-            kept.append(f"… {rest} more lines not shown")
+            marker = f"… {rest} more lines not shown"
+            if used + len(marker) + 1 <= budget_chars:
+                kept.append(marker)
             break
         kept.append(line)
         used += len(line) + 1
