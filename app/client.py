@@ -18,6 +18,7 @@ import functools
 import inspect
 import random
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields
 from typing import Any
 from urllib.parse import quote
@@ -299,6 +300,44 @@ class StateMemoryClient:
                 break
             since = page["deltas"][-1]["version"]
         return collected
+
+    async def subscribe(
+        self, tenant: str, fsa: str | None = None, *, since: int | str | None = None, slice: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every change after `since` (a version; for a whole tenant, an event id "fsa:version"),
+        oldest first, then live, from the SSE feed. Each change is a delta's metadata and ops
+        with its version. A broken stream is resumed after the last change received, so nothing
+        is missed or repeated."""
+        path = _state_path(tenant, fsa, "/events") if fsa is not None else "/events"
+        params = {"slice": slice} if fsa is not None else {"tenant": tenant, "slice": slice}
+        params = {name: value for name, value in params.items() if value is not None}
+        last = None if since is None else str(since)
+        attempt = 0
+        while True:
+            headers = {"last-event-id": last} if last else {}
+            try:
+                # no read timeout: an idle feed only sends keep-alive comments
+                timeout = httpx.Timeout(self._http.timeout.connect, read=None)
+                async with self._http.stream("GET", path, params=params, headers=headers, timeout=timeout) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise _error(response)
+                    attempt = 0
+                    event_id, data = None, []
+                    async for line in response.aiter_lines():
+                        if line.startswith("id:"):
+                            event_id = line[3:].strip()
+                        elif line.startswith("data:"):
+                            data.append(line[5:].strip())
+                        elif not line and data:
+                            change = jsontext.decode("\n".join(data))
+                            last, data = event_id or last, []
+                            yield change
+            except TRANSIENT_ERRORS as exc:
+                if attempt >= self.retries:
+                    raise ServiceUnavailableError(f"GET {path}: {type(exc).__name__} on each attempt") from exc
+            await asyncio.sleep(_backoff(attempt))
+            attempt += 1
 
     async def build_context(
         self, tenant: str, fsa: str, patterns: list[str], k: int | None = None, max_tokens: int | None = None

@@ -347,3 +347,21 @@ async def test_sync_client(live_url):
     # in a thread of its own: the live server runs on this test's event loop
     state, version = await asyncio.to_thread(use_blocking_client, live_url)
     assert (state, version) == (State(T, F, 1, {"hits": 2}), 1)
+
+
+async def test_subscribe_replays_then_follows_live_and_resumes(sms):
+    for n in range(3):
+        await sms.apply_delta(T, F, {"n": n}, actor="writer")
+    await sms.apply_delta(T, "other", {"x": 1})
+    changes = sms.subscribe(T, F, since=1)
+    seen = [await asyncio.wait_for(anext(changes), 30) for _ in range(2)]
+    await sms.apply_delta(T, F, {"tasks.T1.status": "DONE"})
+    seen.append(await asyncio.wait_for(anext(changes), 30))
+    await changes.aclose()
+    assert [(c["fsa_id"], c["version"]) for c in seen] == [(F, 2), (F, 3), (F, 4)]
+    assert seen[0]["actor"] == "writer" and seen[-1]["paths"] == ["tasks.T1.status"]
+
+    tenant_wide = sms.subscribe(T, since=f"{F}:3", slice="task:*")
+    change = await asyncio.wait_for(anext(tenant_wide), 30)
+    await tenant_wide.aclose()
+    assert (change["fsa_id"], change["version"]) == (F, 4)
