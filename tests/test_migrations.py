@@ -261,3 +261,19 @@ def test_sms_migrate_cli_fails_cleanly_on_an_unknown_revision(empty_database_url
     assert done.returncode != 0
     assert "no-such-revision" in done.stderr
     assert not has_sms_schema(empty_database_url)
+
+
+def test_each_downgrade_restores_the_previous_revision_exactly(empty_database_url):
+    """Stepping down one revision at a time gives, at every step, the catalog that upgrading to
+    that revision gave on the way up."""
+    revisions = [script.revision for script in script_directory().walk_revisions()][::-1]  # oldest first
+    built_up = {}
+    for revision in revisions:
+        migrate.upgrade(empty_database_url, revision)
+        built_up[revision] = catalog(empty_database_url)
+    assert len(revisions) > 1
+    for revision in reversed(revisions[:-1]):
+        migrate.downgrade(empty_database_url, revision)
+        stepped_down = catalog(empty_database_url)
+        for name in CATALOG:
+            assert stepped_down[name] == built_up[revision][name], f"{name} differ after downgrading to {revision}"

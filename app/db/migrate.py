@@ -41,3 +41,14 @@ def execute_script(sql: str) -> None:
         op.execute(sql)
     else:
         op.get_bind().connection.driver_connection.execute(sql)
+
+
+def frozen_sections(frozen_sql: Path, *sources: str) -> str:
+    """The parts of a revision's frozen SQL that came from the given sql/ files (each part starts
+    with a "-- ===== sql/…" line), without their triggers: what a downgrade re-runs to restore
+    that revision's functions."""
+    parts = {part.split("\n", 1)[0].strip(): part for part in frozen_sql.read_text().split("-- ===== ")}
+    missing = [source for source in sources if source not in parts]
+    if missing:
+        raise LookupError(f"{frozen_sql.name} holds no {', '.join(missing)}")
+    return "\n".join("-- ===== " + parts[source].split("\nCREATE TRIGGER", 1)[0] for source in sources)

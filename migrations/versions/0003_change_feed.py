@@ -5,7 +5,7 @@ replace_state is answered as a duplicate, content_bytes counts JSON text, and sm
 normalised-ops engine under apply_delta) lets replace_state and log replays take any key.
 
 Executes 0003_change_feed.sql, a frozen copy of what it installs; the downgrade restores the
-0001 functions from 0003_change_feed_downgrade.sql.
+functions it replaced from 0001's frozen copy.
 
 Revision ID: 0003
 Revises: 0002
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from alembic import op
 
-from app.db.migrate import execute_script
+from app.db.migrate import execute_script, frozen_sections
 
 revision = "0003"
 down_revision = "0002"
@@ -23,7 +23,7 @@ branch_labels = None
 depends_on = None
 
 FROZEN_SQL = Path(__file__).with_name("0003_change_feed.sql")
-FROZEN_DOWNGRADE_SQL = Path(__file__).with_name("0003_change_feed_downgrade.sql")
+FROZEN_0001 = Path(__file__).with_name("0001_initial.sql")
 
 
 def upgrade() -> None:
@@ -31,7 +31,16 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    execute_script(FROZEN_DOWNGRADE_SQL.read_text())
+    execute_script(
+        frozen_sections(
+            FROZEN_0001,
+            "sql/050_check_id.sql",
+            "sql/059_put_entry.sql",
+            "sql/060_write_op.sql",
+            "sql/070_apply_delta.sql",
+            "sql/071_replace_state.sql",
+        )
+    )
     op.execute("DROP FUNCTION sms.apply_ops(text, text, jsonb, jsonb, text, text, uuid, bigint, jsonb, text, text)")
     op.execute("DROP FUNCTION sms.lock_state(text, text)")
     op.execute("DROP FUNCTION sms.touches_slice(jsonb, jsonb)")

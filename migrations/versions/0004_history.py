@@ -4,8 +4,8 @@ every sms.snapshot_every() versions, task comments, the lineage index, time trav
 the reporting views delta_lineage, actor_activity and path_history. Existing states get a
 baseline snapshot: their history is kept from their current version on.
 
-Executes 0004_history.sql, a frozen copy of what it installs; the downgrade restores the 0003
-functions from 0004_history_downgrade.sql.
+Executes 0004_history.sql, a frozen copy of what it installs; the downgrade restores the
+functions it replaced from the frozen copies of 0001 and 0003.
 
 Revision ID: 0004
 Revises: 0003
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from alembic import op
 
-from app.db.migrate import execute_script
+from app.db.migrate import execute_script, frozen_sections
 
 revision = "0004"
 down_revision = "0003"
@@ -23,7 +23,8 @@ branch_labels = None
 depends_on = None
 
 FROZEN_SQL = Path(__file__).with_name("0004_history.sql")
-FROZEN_DOWNGRADE_SQL = Path(__file__).with_name("0004_history_downgrade.sql")
+FROZEN_0001 = Path(__file__).with_name("0001_initial.sql")
+FROZEN_0003 = Path(__file__).with_name("0003_change_feed.sql")
 
 
 def upgrade() -> None:
@@ -47,7 +48,10 @@ def downgrade() -> None:
         "entry_at(text, text, text, boolean, text, bigint)",
     ):
         op.execute(f"DROP FUNCTION sms.{function}")
-    execute_script(FROZEN_DOWNGRADE_SQL.read_text())
+    execute_script(
+        frozen_sections(FROZEN_0003, "sql/059_put_entry.sql", "sql/060_write_op.sql", "sql/069_apply_ops.sql")
+        + frozen_sections(FROZEN_0001, "sql/013_deltas_append_only.sql")
+    )
     for function in ("brief(jsonb)", "take_snapshot(text, text, bigint)", "snapshot_every()"):
         op.execute(f"DROP FUNCTION sms.{function}")
     op.execute("DROP INDEX sms.deltas_by_lineage")
