@@ -1,10 +1,8 @@
--- entry_history and task_comments are append-only too (sms.refuse_log_change). An entry_history
--- row may be rewritten by the transaction that wrote it (two ops of one delta on one entry leave
--- the entry's final value), never afterwards.
+-- entry_history and task_comments are append-only too (sms.refuse_log_change); an entry_history
+-- row may only be rewritten by the delta that wrote it (sms.refuse_history_rewrite).
 CREATE TRIGGER entry_history_append_only
     BEFORE UPDATE ON sms.entry_history
-    FOR EACH ROW WHEN (OLD.xmin <> pg_current_xact_id()::xid)
-    EXECUTE FUNCTION sms.refuse_log_change();
+    FOR EACH ROW EXECUTE FUNCTION sms.refuse_history_rewrite();
 
 CREATE TRIGGER entry_history_no_delete
     BEFORE DELETE ON sms.entry_history

@@ -15,7 +15,11 @@ BEGIN
     RETURN QUERY
     WITH changes AS (
         -- the top-level row (the value itself, or the marker of an object) ...
-        SELECT h.version, h.is_member, h.member, CASE WHEN v_whole THEN h.value ELSE h.value #> v_keys[2:] END AS value
+        SELECT h.version, h.is_member, h.member,
+               CASE WHEN NOT v_whole THEN h.value #> v_keys[2:]
+                    WHEN jsonb_typeof(h.value) = 'object'   -- the marker: the collection as it was then
+                    THEN sms.value_at(p_tenant_id, p_fsa_id, v_keys, h.version)
+                    ELSE h.value END AS value
           FROM sms.entry_history h
          WHERE h.tenant_id = p_tenant_id AND h.fsa_id = p_fsa_id AND h.collection = v_keys[1]
            AND NOT h.is_member AND h.member = ''

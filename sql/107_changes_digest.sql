@@ -1,6 +1,7 @@
 -- sms.changes_digest(tenant, fsa, since, slice, max_tokens): sms.changes_since as deterministic,
 -- LLM-ready text within a token budget (tokens estimated as characters / 4): who changed the
--- state since `since`, in which lineages, then one line per changed path, old -> new.
+-- state since `since` (the five most active, and how many more), in which lineages, then one
+-- line per changed path, old -> new, as many as the budget holds.
 CREATE OR REPLACE FUNCTION sms.changes_digest(p_tenant_id text, p_fsa_id text, p_since bigint,
                                               p_slice text DEFAULT NULL, p_max_tokens integer DEFAULT 300)
 RETURNS text
@@ -14,18 +15,27 @@ DECLARE
     v_change  jsonb;
 BEGIN
     IF (v_changes ->> 'deltas')::integer = 0 THEN
-        RETURN format('No changes to %s/%s%s since v%s (now v%s).', p_tenant_id, p_fsa_id,
-                      CASE WHEN p_slice IS NOT NULL THEN ' in ' || p_slice ELSE '' END, p_since, v_changes -> 'version');
+        RETURN sms.clip(format('No changes to %s/%s%s since v%s (now v%s).', p_tenant_id, p_fsa_id,
+                               CASE WHEN p_slice IS NOT NULL THEN ' in ' || p_slice ELSE '' END, p_since,
+                               v_changes -> 'version'), v_budget);
     END IF;
-    v_text := format('Changes to %s/%s%s since v%s (now v%s): %s deltas by %s', p_tenant_id, p_fsa_id,
+    -- the header's essentials first; who and in which lineages only where the budget allows,
+    -- always keeping room (40 characters) to say how many paths were left out
+    v_text := format('Changes to %s/%s%s v%s -> v%s: %s deltas', p_tenant_id, p_fsa_id,
                      CASE WHEN p_slice IS NOT NULL THEN ' in ' || p_slice ELSE '' END, p_since,
-                     v_changes -> 'version', v_changes -> 'deltas',
-                     (SELECT string_agg(format('%s (%s)', key, value), ', ' ORDER BY value::integer DESC, key)
-                        FROM jsonb_each(v_changes -> 'actors')));
+                     v_changes -> 'version', v_changes -> 'deltas');
+    IF length(v_text) + 40 > v_budget THEN
+        RETURN sms.clip(v_text, v_budget);
+    END IF;
+    v_line := ' by ' || sms.top_counts(v_changes -> 'actors', 5);
+    IF length(v_text) + length(v_line) + 40 <= v_budget THEN
+        v_text := v_text || v_line;
+    END IF;
     IF v_changes -> 'lineages' <> '{}' THEN
-        v_text := v_text || format('; lineages %s', (SELECT string_agg(format('%s (%s)', key, value), ', '
-                                                         ORDER BY value::integer DESC, key)
-                                                       FROM jsonb_each(v_changes -> 'lineages')));
+        v_line := '; lineages ' || sms.top_counts(v_changes -> 'lineages', 5);
+        IF length(v_text) + length(v_line) + 40 <= v_budget THEN
+            v_text := v_text || v_line;
+        END IF;
     END IF;
     v_left := jsonb_array_length(v_changes -> 'changes');
     FOR v_change IN SELECT value FROM jsonb_array_elements(v_changes -> 'changes') LOOP

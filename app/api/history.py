@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import jsonpatch
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import QueryParameter
+from litestar.params import PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
 from app.api.routes import DEFAULT_MAX_TOKENS, Db, FsaId, MaxTokens, TenantId, check_ids, json_response
@@ -19,6 +19,8 @@ from app.domain import jsontext
 from app.domain.delta import decode_body, write_meta
 from app.errors import Problem, invalid_id, malformed
 
+TaskId = Annotated[str, PathParameter(description="A member of the state's tasks")]
+AgentPath = Annotated[str, PathParameter(description="{agent}/heartbeat; agent names may contain /")]
 Version = Annotated[int, QueryParameter(ge=0, le=2**62, description="A version of the state")]
 Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="At most this many rows")]
 
@@ -127,7 +129,7 @@ async def changes(
 
 @post("/agents/{tenant_id:str}/{fsa_id:str}/{agent_path:path}", status_code=HTTP_200_OK)
 async def heartbeat(
-    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, agent_path: str
+    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, agent_path: AgentPath
 ) -> Response:
     """POST /agents/{tenant}/{fsa}/{agent}/heartbeat: records agents_online.{agent} as the
     latest time it was seen. Agent names may contain "/"."""
@@ -143,7 +145,7 @@ async def heartbeat(
 
 @post("/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comment", status_code=HTTP_200_OK)
 async def add_comment(
-    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: str
+    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: TaskId
 ) -> Response:
     """Comment on a task (404 when tasks.{task_id} does not exist): author, markdown body,
     is_blocker and lineage_id as query parameters, or a JSON object with those keys, or the
@@ -181,7 +183,7 @@ async def add_comment(
 
 @get("/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comments")
 async def list_comments(
-    db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: str, limit: Limit = 50
+    db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: TaskId, limit: Limit = 50
 ) -> Response:
     """A task's comments, newest first."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id, task_id=task_id)

@@ -129,7 +129,7 @@ async def read_slice(
     specs: Annotated[
         list[str],
         QueryParameter(
-            query="slice", description="Slice spec(s): task:DESIGN_*, resources.inventory, … (repeat or comma-separate)"
+            name="slice", description="Slice spec(s): task:DESIGN_*, resources.inventory, … (repeat or comma-separate)"
         ),
     ],
     k: Annotated[int | None, QueryParameter(ge=1, le=10_000, description="Entries per spec, after ordering")] = None,

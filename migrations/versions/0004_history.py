@@ -52,8 +52,15 @@ def downgrade() -> None:
         frozen_sections(FROZEN_0003, "sql/059_put_entry.sql", "sql/060_write_op.sql", "sql/069_apply_ops.sql")
         + frozen_sections(FROZEN_0001, "sql/013_deltas_append_only.sql")
     )
-    for function in ("brief(jsonb)", "take_snapshot(text, text, bigint)", "snapshot_every()"):
+    for function in (
+        "top_counts(jsonb, integer)",
+        "clip(text, integer)",
+        "brief(jsonb)",
+        "take_snapshot(text, text, bigint)",
+        "snapshot_every()",
+    ):
         op.execute(f"DROP FUNCTION sms.{function}")
     op.execute("DROP INDEX sms.deltas_by_lineage")
     for table in ("task_comments", "snapshot_entries", "snapshots", "entry_history"):
         op.execute(f"DROP TABLE sms.{table}")
+    op.execute("DROP FUNCTION sms.refuse_history_rewrite()")

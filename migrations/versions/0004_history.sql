@@ -72,14 +72,29 @@ END;
 $$;
 
 
+-- ===== sql/015_refuse_history_rewrite.sql
+-- sms.refuse_history_rewrite(): sms.entry_history is append-only, except that the delta being
+-- applied may rewrite its own rows (two ops of one delta on one entry leave the entry's final
+-- value): a row whose version is above the state's committed version, with the same key.
+CREATE OR REPLACE FUNCTION sms.refuse_history_rewrite() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF (NEW.tenant_id, NEW.fsa_id, NEW.collection, NEW.is_member, NEW.member, NEW.version)
+       = (OLD.tenant_id, OLD.fsa_id, OLD.collection, OLD.is_member, OLD.member, OLD.version)
+       AND OLD.version > coalesce((SELECT version FROM sms.states
+                                    WHERE tenant_id = OLD.tenant_id AND fsa_id = OLD.fsa_id), 0) THEN
+        RETURN NEW;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = 'SM008', MESSAGE = 'sms.entry_history is append-only: UPDATE is not allowed';
+END;
+$$;
+
 -- ===== sql/020_history_append_only.sql
--- entry_history and task_comments are append-only too (sms.refuse_log_change). An entry_history
--- row may be rewritten by the transaction that wrote it (two ops of one delta on one entry leave
--- the entry's final value), never afterwards.
+-- entry_history and task_comments are append-only too (sms.refuse_log_change); an entry_history
+-- row may only be rewritten by the delta that wrote it (sms.refuse_history_rewrite).
 CREATE TRIGGER entry_history_append_only
     BEFORE UPDATE ON sms.entry_history
-    FOR EACH ROW WHEN (OLD.xmin <> pg_current_xact_id()::xid)
-    EXECUTE FUNCTION sms.refuse_log_change();
+    FOR EACH ROW EXECUTE FUNCTION sms.refuse_history_rewrite();
 
 CREATE TRIGGER entry_history_no_delete
     BEFORE DELETE ON sms.entry_history
@@ -129,10 +144,25 @@ LANGUAGE sql AS $$
 $$;
 
 -- ===== sql/058_brief.sql
--- sms.brief(value): a JSON value as at most 60 characters of text, for digests.
+-- Text helpers for digests. sms.brief(value): a JSON value as at most 60 characters of text.
 CREATE OR REPLACE FUNCTION sms.brief(p_value jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
     SELECT CASE WHEN length(p_value::text) <= 60 THEN p_value::text ELSE left(p_value::text, 59) || '…' END;
+$$;
+
+-- sms.clip(text, chars): the text cut to at most `chars` characters, ending in … when cut.
+CREATE OR REPLACE FUNCTION sms.clip(p_text text, p_chars integer) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT CASE WHEN length(p_text) <= p_chars THEN p_text ELSE left(p_text, p_chars - 1) || '…' END;
+$$;
+
+-- sms.top_counts(counts, n): {"name": count, ...} as "a (5), b (3), … 4 more", the n largest first.
+CREATE OR REPLACE FUNCTION sms.top_counts(p_counts jsonb, p_n integer) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT string_agg(format('%s (%s)', key, value), ', ' ORDER BY value::integer DESC, key)
+           || CASE WHEN (SELECT count(*) FROM jsonb_object_keys(p_counts)) > p_n
+                   THEN format(', … %s more', (SELECT count(*) FROM jsonb_object_keys(p_counts)) - p_n) ELSE '' END
+      FROM (SELECT key, value FROM jsonb_each(p_counts) ORDER BY value::integer DESC, key LIMIT p_n) top;
 $$;
 
 -- ===== sql/059_put_entry.sql
@@ -528,7 +558,11 @@ BEGIN
     RETURN QUERY
     WITH changes AS (
         -- the top-level row (the value itself, or the marker of an object) ...
-        SELECT h.version, h.is_member, h.member, CASE WHEN v_whole THEN h.value ELSE h.value #> v_keys[2:] END AS value
+        SELECT h.version, h.is_member, h.member,
+               CASE WHEN NOT v_whole THEN h.value #> v_keys[2:]
+                    WHEN jsonb_typeof(h.value) = 'object'   -- the marker: the collection as it was then
+                    THEN sms.value_at(p_tenant_id, p_fsa_id, v_keys, h.version)
+                    ELSE h.value END AS value
           FROM sms.entry_history h
          WHERE h.tenant_id = p_tenant_id AND h.fsa_id = p_fsa_id AND h.collection = v_keys[1]
            AND NOT h.is_member AND h.member = ''
@@ -609,7 +643,8 @@ $$;
 -- ===== sql/107_changes_digest.sql
 -- sms.changes_digest(tenant, fsa, since, slice, max_tokens): sms.changes_since as deterministic,
 -- LLM-ready text within a token budget (tokens estimated as characters / 4): who changed the
--- state since `since`, in which lineages, then one line per changed path, old -> new.
+-- state since `since` (the five most active, and how many more), in which lineages, then one
+-- line per changed path, old -> new, as many as the budget holds.
 CREATE OR REPLACE FUNCTION sms.changes_digest(p_tenant_id text, p_fsa_id text, p_since bigint,
                                               p_slice text DEFAULT NULL, p_max_tokens integer DEFAULT 300)
 RETURNS text
@@ -623,18 +658,27 @@ DECLARE
     v_change  jsonb;
 BEGIN
     IF (v_changes ->> 'deltas')::integer = 0 THEN
-        RETURN format('No changes to %s/%s%s since v%s (now v%s).', p_tenant_id, p_fsa_id,
-                      CASE WHEN p_slice IS NOT NULL THEN ' in ' || p_slice ELSE '' END, p_since, v_changes -> 'version');
+        RETURN sms.clip(format('No changes to %s/%s%s since v%s (now v%s).', p_tenant_id, p_fsa_id,
+                               CASE WHEN p_slice IS NOT NULL THEN ' in ' || p_slice ELSE '' END, p_since,
+                               v_changes -> 'version'), v_budget);
     END IF;
-    v_text := format('Changes to %s/%s%s since v%s (now v%s): %s deltas by %s', p_tenant_id, p_fsa_id,
+    -- the header's essentials first; who and in which lineages only where the budget allows,
+    -- always keeping room (40 characters) to say how many paths were left out
+    v_text := format('Changes to %s/%s%s v%s -> v%s: %s deltas', p_tenant_id, p_fsa_id,
                      CASE WHEN p_slice IS NOT NULL THEN ' in ' || p_slice ELSE '' END, p_since,
-                     v_changes -> 'version', v_changes -> 'deltas',
-                     (SELECT string_agg(format('%s (%s)', key, value), ', ' ORDER BY value::integer DESC, key)
-                        FROM jsonb_each(v_changes -> 'actors')));
+                     v_changes -> 'version', v_changes -> 'deltas');
+    IF length(v_text) + 40 > v_budget THEN
+        RETURN sms.clip(v_text, v_budget);
+    END IF;
+    v_line := ' by ' || sms.top_counts(v_changes -> 'actors', 5);
+    IF length(v_text) + length(v_line) + 40 <= v_budget THEN
+        v_text := v_text || v_line;
+    END IF;
     IF v_changes -> 'lineages' <> '{}' THEN
-        v_text := v_text || format('; lineages %s', (SELECT string_agg(format('%s (%s)', key, value), ', '
-                                                         ORDER BY value::integer DESC, key)
-                                                       FROM jsonb_each(v_changes -> 'lineages')));
+        v_line := '; lineages ' || sms.top_counts(v_changes -> 'lineages', 5);
+        IF length(v_text) + length(v_line) + 40 <= v_budget THEN
+            v_text := v_text || v_line;
+        END IF;
     END IF;
     v_left := jsonb_array_length(v_changes -> 'changes');
     FOR v_change IN SELECT value FROM jsonb_array_elements(v_changes -> 'changes') LOOP
@@ -758,8 +802,8 @@ SELECT d.tenant_id,
 
 -- ===== sql/122_path_history.sql
 -- sms.path_history: one row per changed path per delta: the state, version, time, actor, lineage,
--- operator and the path's new value after the delta (NULL when it was removed). For one path's
--- history with old values too, sms.path_changes reads it by index.
+-- operator and the path's value after the delta (sms.value_at; NULL when it was removed). For one
+-- path's history with old values too, sms.path_changes reads it by index.
 CREATE OR REPLACE VIEW sms.path_history AS
 SELECT d.tenant_id,
        d.fsa_id,
@@ -769,14 +813,8 @@ SELECT d.tenant_id,
        d.lineage_id,
        sms.format_path(k.keys)           AS path,
        '$' || (o.op ->> 'op')             AS operator,
-       CASE WHEN cardinality(k.keys) > 1 THEN h.value #> k.keys[3:]
-            WHEN jsonb_typeof(h.value) = 'object' THEN sms.collection_value(d.tenant_id, d.fsa_id, k.keys[1])
-            ELSE h.value END              AS new_value
+       sms.value_at(d.tenant_id, d.fsa_id, k.keys, d.version) AS new_value
   FROM sms.deltas d
  CROSS JOIN LATERAL jsonb_array_elements(d.ops) o(op)
- CROSS JOIN LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(o.op -> 'path'))) k(keys)
-  LEFT JOIN sms.entry_history h
-         ON h.tenant_id = d.tenant_id AND h.fsa_id = d.fsa_id AND h.collection = k.keys[1]
-        AND h.is_member = (cardinality(k.keys) > 1) AND h.member = coalesce(k.keys[2], '')
-        AND h.version = d.version;
+ CROSS JOIN LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(o.op -> 'path'))) k(keys);
 
