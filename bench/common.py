@@ -33,6 +33,9 @@ def timestamp(rng: random.Random) -> str:
     return (_EPOCH + timedelta(seconds=rng.randrange(30 * 86400))).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+INVENTORY_ITEMS = 20  # the seed's inventory; bigger states have more tasks and agents, not a longer list
+
+
 def json_size(value: Any) -> int:
     """Bytes of the compact JSON text of `value`."""
     return len(json.dumps(value, separators=(",", ":")).encode())
@@ -85,7 +88,7 @@ def make_state(target_bytes: int, seed: int = 0) -> dict[str, Any]:
             "tags": rng.sample(TAGS, k=rng.randint(0, 2)),
         }
         size += json_size(task_id) + json_size(tasks[task_id]) + 2
-        if number % 4 == 0:
+        if number % 4 == 0 and len(inventory) < INVENTORY_ITEMS:
             inventory.append(
                 {
                     "sku": f"SKU-{len(inventory) + 1:05d}",

@@ -170,7 +170,7 @@ class Subject:
             first = await conn.fetchval(READ_SLICE, *args)
             if not json.loads(first)["cached"]:
                 await conn.execute(
-                    STORE_SLICE, TENANT, self.fsa_id, first, slice_body(jsontext.decode(first), HIT_TOKENS)
+                    STORE_SLICE, TENANT, self.fsa_id, first, slice_body(jsontext.decode(first), "", HIT_TOKENS)
                 )
             return lambda: conn.fetchval(READ_SLICE, *args)
         if path == "http_hit":
