@@ -103,7 +103,9 @@ class Feed:
         With `idle_timeout`, yields None after that many idle seconds (for keep-alives)."""
         position = await self.position(tenant_id, fsa_id, since)
         wakeup = self.listener.register(tenant_id, fsa_id)
-        idle = outage = 0.0
+        clock = asyncio.get_running_loop().time
+        last_sent = clock()
+        retry = 0.0  # > 0 while a notified delta is not readable yet, or the database is away
         try:
             while True:
                 wakeup.event.clear()
@@ -114,25 +116,28 @@ class Feed:
                 except Problem as problem:
                     if problem.status != 503:
                         raise
-                    # the database is restarting or unreachable: the position is safe, retry
-                    outage = min(self.max_retry_delay, max(0.1, outage * 2))
-                    await asyncio.sleep(outage)
-                    continue
-                outage = 0.0
-                for row, wanted, tx_id in rows:
+                    rows = None  # the database is restarting or unreachable: the position is safe
+                for row, wanted, tx_id in rows or ():
                     position = Position(tx_id, row.fsa_id, row.version)
                     if wanted:
-                        idle = 0.0
+                        last_sent = clock()
                         yield row
-                if len(rows) == self.batch:
+                if rows is not None and len(rows) == self.batch:
                     continue
-                wait = self.poll_interval if idle_timeout is None else min(self.poll_interval, idle_timeout - idle)
-                woken = await _wait(wakeup.event, wait)
-                if not woken and idle_timeout is not None:
-                    idle += wait
-                    if idle >= idle_timeout:
-                        idle = 0.0
-                        yield None
+                wait = self.poll_interval if retry == 0 else retry
+                if idle_timeout is not None:
+                    wait = max(0.0, min(wait, last_sent + idle_timeout - clock()))
+                notified = await _wait(wakeup.event, wait)
+                if idle_timeout is not None and clock() - last_sent >= idle_timeout:
+                    last_sent = clock()
+                    yield None
+                # A notification whose delta we could not read yet (on a tenant feed, a delta stays
+                # unreadable while an older transaction still runs), or a database outage: look
+                # again soon, backing off, rather than at the next poll.
+                if rows is None or (notified and not rows):
+                    retry = min(self.max_retry_delay, max(0.02, retry * 2))
+                elif rows:
+                    retry = 0.0
         finally:
             self.listener.unregister(wakeup)
 
@@ -142,6 +147,15 @@ class Feed:
             return Position()
         if fsa_id is not None:
             version = since if isinstance(since, int) else _version(str(since).rsplit(":", 1)[-1])
+            current = await self.db.current_version(tenant_id, fsa_id)
+            if version > current:
+                raise Problem(
+                    400,
+                    "invalid-event-id",
+                    "Unknown event id",
+                    f"version {version} is beyond the state's current version {current}",
+                    current_version=current,
+                )
             return Position(version=version)
         state, _, version = str(since).rpartition(":")
         tx_id = await self.db.delta_tx_id(tenant_id, state, _version(version)) if state else None
