@@ -24,6 +24,8 @@ from app.db.listener import Listener
 from app.db.queries import Database
 from app.errors import Problem
 
+HELD_BACK_RETRY = 0.02  # seconds before a tenant feed looks again for deltas still held back
+
 
 @dataclass(frozen=True)
 class Change:
@@ -131,15 +133,27 @@ class Feed:
                 if idle_timeout is not None and clock() - last_sent >= idle_timeout:
                     last_sent = clock()
                     yield None
-                # A notification whose delta we could not read yet (on a tenant feed, a delta stays
-                # unreadable while an older transaction still runs), or a database outage: look
-                # again soon, backing off, rather than at the next poll.
-                if rows is None or (notified and not rows):
-                    retry = min(self.max_retry_delay, max(0.02, retry * 2))
-                elif rows:
-                    retry = 0.0
+                retry = self._next_retry(retry, rows, notified, one_state=fsa_id is not None)
         finally:
             self.listener.unregister(wakeup)
+
+    def _next_retry(self, retry: float, rows: list | None, notified: bool, *, one_state: bool) -> float:
+        """How soon to read the log again (0: at the next notification or poll).
+
+        A tenant feed reads only below the oldest running transaction, so a committed delta can be
+        unreadable for a while: after the feed moved, or was notified of something it could not
+        read yet, it looks again after 20 ms, then backs off towards the poll interval. One
+        state's versions commit in order, so its feed never waits for anything. While the
+        database is away, reads back off up to max_retry_delay."""
+        if rows is None:
+            return min(self.max_retry_delay, max(0.1, retry * 2))
+        if one_state:
+            return 0.0
+        if rows or (notified and not retry):
+            return HELD_BACK_RETRY
+        if retry:
+            return retry * 2 if retry * 2 < self.poll_interval else 0.0
+        return 0.0
 
     async def position(self, tenant_id: str, fsa_id: str | None, since: int | str | None) -> Position:
         """The position after `since`; a Problem (400) when it names no delta."""

