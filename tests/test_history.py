@@ -605,9 +605,7 @@ async def test_changes_since_names_each_changed_path_once_old_to_new(make_client
             assert {k: body[k] for k in expected} == expected, since
             # the digest: every changed path exactly once, with its value at `since` and its latest value
             digest = body["digest"]
-            assert digest.startswith(
-                f"Changes to t/f v{since} -> v{final}: " if since < final else "No changes"
-            )
+            assert digest.startswith(f"Changes to t/f v{since} -> v{final}: " if since < final else "No changes")
             lines = digest_lines(digest)
             assert set(lines) == set(got)
             for path, line in lines.items():
