@@ -10,6 +10,7 @@ against cached.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import random
@@ -179,7 +180,7 @@ class DemoReport:
         return sum(getattr(agent, name) for agent in self.agents)
 
 
-class Agent:
+class Agent(abc.ABC):
     """One agent: a slice it reads and the deltas it writes from what it read."""
 
     def __init__(self, name: str, lineage: str, pattern: str, k: int | None = None, where: str | None = None) -> None:
@@ -197,9 +198,9 @@ class Agent:
     async def read(self, sms: StateMemoryClient, tenant: str, fsa: str, max_tokens: int | None = None) -> StateSlice:
         return await sms.get_slice(tenant, fsa, self.pattern, k=self.k, where=self.where, max_tokens=max_tokens)
 
+    @abc.abstractmethod
     def deltas(self, view: StateSlice, round_no: int) -> list[dict[str, Any]]:
         """What to write after reading `view`; `{}` is a heartbeat only."""
-        raise NotImplementedError
 
     async def write(self, sms: StateMemoryClient, tenant: str, fsa: str, delta: dict[str, Any]) -> None:
         self.last_seen = max(self.last_seen + 1, int(time.time() * 1000))
