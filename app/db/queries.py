@@ -159,7 +159,8 @@ class Database:
             if problem is None:
                 raise
             raise problem from None
-        except (OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (OSError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError) as exc:
+            # InternalClientError: the pool resetting a connection the server just dropped
             log.warning("database unavailable: %s", type(exc).__name__)
             raise database_unavailable() from exc
 
