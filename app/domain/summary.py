@@ -31,10 +31,6 @@ SALIENT = (
 )
 
 
-def estimate_tokens(text: str) -> int:
-    return -(-len(text) // CHARS_PER_TOKEN)
-
-
 def slice_header(tenant_id: str, fsa_id: str, version: int, spec: str, read: dict[str, Any]) -> str:
     shown = sum(part["returned"] for part in read["parts"])
     cut = f", cut to {shown}" if read["truncated"] else ""
