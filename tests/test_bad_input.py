@@ -383,3 +383,19 @@ async def test_invalid_utf8_in_ids_does_not_alias_states(client, conn):
         assert_problem(first, 400)
         assert_problem(second, 400)
         assert await conn.fetchval("SELECT count(*) FROM sms.states") == 0
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/state/t/f/deltas?since=23511205895301842862080",
+        "/state/t/f/diff?from=2594057458771465601024&to=1",
+        "/state/t/f/diff?from=0&to=2594057458771465601024",
+        "/state/t/f?version=2594057458771465601024",
+        "/state/t/f/changes?since=2594057458771465601024",
+    ],
+)
+async def test_versions_beyond_64_bits_are_refused_not_a_500(client, url):
+    response = await client.get(url)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")

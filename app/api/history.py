@@ -65,9 +65,9 @@ async def diff(
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,
-    from_version: Annotated[int, QueryParameter(name="from", ge=0, description="Older version")],
+    from_version: Annotated[int, QueryParameter(name="from", ge=0, le=2**62, description="Older version")],
     to_version: Annotated[
-        int | None, QueryParameter(name="to", ge=0, description="Newer version (default: current)")
+        int | None, QueryParameter(name="to", ge=0, le=2**62, description="Newer version (default: current)")
     ] = None,
 ) -> Response:
     """An RFC 6902 JSON Patch that turns the state at `from` into the state at `to`."""

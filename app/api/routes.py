@@ -225,7 +225,7 @@ async def read_deltas(
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,
-    since: Annotated[int, QueryParameter(ge=0, description="Return deltas after this version")] = 0,
+    since: Annotated[int, QueryParameter(ge=0, le=2**62, description="Return deltas after this version")] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="At most this many deltas")] = 100,
 ) -> Response:
     """The delta log after `since`, oldest first: for catch-up and audit. `more` says whether
