@@ -116,7 +116,16 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args.run(args, Settings.from_env())
+    from sqlalchemy.exc import OperationalError
+
+    from app.errors import Problem
+
+    try:
+        args.run(args, Settings.from_env())
+    except (OperationalError, Problem) as exc:
+        # a database that is down or unreachable: one clear line, not a traceback
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise SystemExit(f"sms: the database is unavailable: {reason}") from None
 
 
 if __name__ == "__main__":

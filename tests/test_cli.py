@@ -50,3 +50,11 @@ async def test_listen_prints_the_log_then_live_changes_as_json_lines(database_ur
         await listener.wait()
     assert [(c["fsa_id"], c["version"]) for c in seen] == [("launch", 2), ("launch", 3), ("launch", 4)]
     assert seen[-1]["ops"] == [{"op": "set", "path": ["n"], "value": 9}]
+
+
+def test_an_unreachable_database_is_one_clear_line_without_the_password():
+    env = {**os.environ, "SMS_DATABASE_URL": "postgresql://postgres:s3cret@127.0.0.1:1/nowhere"}
+    result = run_sms("migrate", env=env)
+    assert result.returncode != 0
+    assert "sms: the database is unavailable" in result.stderr
+    assert "Traceback" not in result.stderr and "s3cret" not in result.stderr + result.stdout
