@@ -40,10 +40,6 @@ TenantId = Annotated[str, PathParameter(description="Tenant id (1 to 128 charact
 FsaId = Annotated[str, PathParameter(description="State id within the tenant (1 to 128 characters)")]
 
 
-def _settings(state: State) -> Settings:
-    return state.settings
-
-
 def check_ids(settings: Settings, **ids: str) -> None:
     """Tenant and state ids: 1 to max_id_length characters, no control characters, no "/"."""
     for name, value in ids.items():
@@ -100,7 +96,7 @@ async def read_state(
     """The full state: {"tenant_id", "fsa_id", "version", "state"}. ETag is the version; a
     matching If-None-Match gives 304. A state never written is {} at version 0. With
     summary=true: {"tenant_id", "fsa_id", "version", "summary"} within max_tokens."""
-    check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
     if version is not None:
         # an old version never changes: cacheable for good
         body = await db.read_state_at(tenant_id, fsa_id, version)
@@ -145,7 +141,7 @@ async def read_slice(
     """A slice of the state and its LLM-ready summary (DESIGN §5, §6), through the summary cache.
     `slice` is a sparse sub-document with the state's own nesting; `total` counts every match,
     `truncated` says whether k cut any; `cached` says whether the summary came from the cache."""
-    check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
     spec = ",".join(specs)
     if len(spec) > 2000:
         raise invalid_slice("the slice spec is longer than 2000 characters")
@@ -174,7 +170,7 @@ async def read_slice(
 @post("/state/{tenant_id:str}/{fsa_id:str}", status_code=HTTP_200_OK)
 async def replace_state(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """Create or replace the whole state with the JSON object in the body, logged as one delta."""
-    settings = _settings(state)
+    settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     body = await request.body()
     check_document(decode_body(body, settings.limits), settings.limits)
@@ -188,7 +184,7 @@ async def apply_delta(request: Request, db: Db, state: State, tenant_id: TenantI
     """Apply a delta: the body is the delta map (DESIGN §4.1); metadata as query parameters
     (actor, lineage_id, delta_id, expected_version, and any others kept as meta) or headers
     (X-Actor, X-Lineage-Id, traceparent, Idempotency-Key, If-Match)."""
-    settings = _settings(state)
+    settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     delta = await _delta_text(request, settings)
     meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
@@ -208,7 +204,7 @@ async def validate_delta(
     transaction that is rolled back, so the answer (the version it would get, the paths it would
     change, or the 409/422 it would meet) is exactly what would happen; without them only its
     shape is checked. Nothing changes and nothing is notified."""
-    settings = _settings(state)
+    settings = state.settings
     delta = await _delta_text(request, settings)
     if tenant_id is None and fsa_id is None:
         normalized = await db.normalize_delta(delta)
@@ -230,7 +226,7 @@ async def read_deltas(
 ) -> Response:
     """The delta log after `since`, oldest first: for catch-up and audit. `more` says whether
     another page follows."""
-    check_ids(_settings(state), tenant_id=tenant_id, fsa_id=fsa_id)
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
     return json_response(await db.read_deltas(tenant_id, fsa_id, since, limit))
 
 
