@@ -509,3 +509,15 @@ async def test_a_match_all_glob_still_restricts_to_its_collection(conn, big_stat
     assert "collection" in scans[0]["Index Cond"] and "tasks" in scans[0]["Index Cond"], scans[0]["Index Cond"]
     count = await conn.fetchval("SELECT count(*) FROM sms.slice_entries('t', 'f', (sms.parse_slice('task:*')) -> 0)")
     assert count == 2400
+
+
+async def test_an_expensive_where_predicate_is_cut_off_by_the_statement_timeout(client, make_client):
+    big = {"samples": list(range(300_000))}
+    assert (await client.post("/state/t/timeouts", json=big)).status_code == 200
+    async with make_client(statement_timeout_ms=5) as short:
+        response = await short.get(
+            "/state/t/timeouts/slice",
+            params={"slice": "samples", "where": 'exists(@[*] ? (@ == -1 || @ like_regex "^x"))'},
+        )
+    assert response.status_code == 503, response.text
+    assert response.json()["type"] == "urn:sms:problem:statement-timeout"
