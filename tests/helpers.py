@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -111,3 +112,16 @@ def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:
     assert body["status"] == status
     assert body["success"] is False
     return body
+
+
+def canonical(value: Any) -> Any:
+    """A JSON value in a form where equality is JSON equality: numbers compare by exact decimal
+    value, and true is not 1."""
+    if value is None or isinstance(value, bool | str):
+        return (type(value).__name__, value)
+    if isinstance(value, int | float | Decimal):
+        return ("number", Decimal(str(value)))
+    if isinstance(value, list):
+        return ("array", tuple(canonical(v) for v in value))
+    assert isinstance(value, dict), value
+    return ("object", tuple(sorted((k, canonical(v)) for k, v in value.items())))

@@ -29,7 +29,7 @@ import asyncpg
 import jsonpatch
 import psycopg
 import pytest
-from helpers import assert_problem, listening, log_rows
+from helpers import assert_problem, canonical, listening, log_rows
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -42,18 +42,6 @@ REJECTED = {"SM001", "SM002", "SM004"}
 
 
 # ---------------------------------------------------------------- independent helpers
-
-
-def canonical(value: Any) -> Any:
-    """A JSON value in a form where equality is JSON equality (true is not 1, 1 is 1.0)."""
-    if value is None or isinstance(value, bool | str):
-        return (type(value).__name__, value)
-    if isinstance(value, int | float | Decimal):
-        return ("number", Decimal(str(value)))
-    if isinstance(value, list):
-        return ("array", tuple(canonical(v) for v in value))
-    assert isinstance(value, dict), value
-    return ("object", tuple(sorted((k, canonical(v)) for k, v in value.items())))
 
 
 def decode(text: str | None) -> Any:

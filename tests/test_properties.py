@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import canonical
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -41,19 +42,6 @@ def pg(database_url: str) -> Iterator[psycopg.Connection]:
 
 def fresh_id() -> str:
     return uuid.uuid4().hex
-
-
-def canonical(value: Any) -> Any:
-    """A JSON value in a form where equality is JSON equality: numbers compare by exact decimal
-    value, and true is not 1."""
-    if value is None or isinstance(value, bool | str):
-        return (type(value).__name__, value)
-    if isinstance(value, int | float | Decimal):
-        return ("number", Decimal(str(value)))
-    if isinstance(value, list):
-        return ("array", tuple(canonical(v) for v in value))
-    assert isinstance(value, dict)
-    return ("object", tuple(sorted((k, canonical(v)) for k, v in value.items())))
 
 
 def as_sent(value: Any) -> Any:

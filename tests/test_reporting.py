@@ -22,25 +22,13 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import apply_delta, assert_problem, document, log_rows
+from helpers import apply_delta, assert_problem, canonical, document, log_rows
 
 from app.db.queries import _READ_LINEAGE
 from app.domain.delta import escape_key
 
 MISSING = object()
 REJECTED = {"SM001", "SM002", "SM004"}
-
-
-def canonical(value: Any) -> Any:
-    """A JSON value in a form where equality is JSON equality (true is not 1, 1 is 1.0)."""
-    if value is None or isinstance(value, bool | str):
-        return (type(value).__name__, value)
-    if isinstance(value, int | float | Decimal):
-        return ("number", Decimal(str(value)))
-    if isinstance(value, list):
-        return ("array", tuple(canonical(v) for v in value))
-    assert isinstance(value, dict), value
-    return ("object", tuple(sorted((k, canonical(v)) for k, v in value.items())))
 
 
 def lookup(doc: Any, keys: list[str]) -> Any:
