@@ -1,7 +1,7 @@
 -- sms.put_entry(...): stores one entry's new value given its old one (NULL = absent): insert,
 -- update, delete, or nothing when the value did not change; a change is recorded in
--- sms.entry_history. Returns the change in entry count and content bytes (the size of the
--- values' JSON text).
+-- sms.entry_history, and a member's change in its collection's sms.member_counts. Returns the
+-- change in entry count and content bytes (the size of the values' JSON text).
 CREATE OR REPLACE FUNCTION sms.put_entry(p_tenant_id text, p_fsa_id text, p_collection text,
                                          p_is_member boolean, p_member text, p_old jsonb, p_new jsonb,
                                          p_version bigint, OUT entry_delta bigint, OUT byte_delta bigint)
@@ -30,6 +30,16 @@ BEGIN
         UPDATE sms.entries SET version = p_version
          WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
            AND NOT is_member AND member = '' AND version < p_version;
+        -- the counts of the collection and of the member's key family
+        INSERT INTO sms.member_counts AS c (tenant_id, fsa_id, collection, family, members, statuses, version)
+        SELECT p_tenant_id, p_fsa_id, p_collection, f.family, entry_delta,
+               sms.tally(sms.tally('{}', sms.entry_status(p_old), -1), sms.entry_status(p_new), 1), p_version
+          FROM (VALUES (''), (sms.key_family(p_member))) f(family)
+         WHERE f.family IS NOT NULL
+        ON CONFLICT (tenant_id, fsa_id, collection, family) DO UPDATE
+           SET members = c.members + EXCLUDED.members,
+               statuses = sms.tally(sms.tally(c.statuses, sms.entry_status(p_old), -1), sms.entry_status(p_new), 1),
+               version = EXCLUDED.version;
     END IF;
     IF p_new IS DISTINCT FROM p_old THEN
         INSERT INTO sms.entry_history (tenant_id, fsa_id, collection, is_member, member, version, value)

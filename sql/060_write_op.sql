@@ -46,6 +46,7 @@ BEGIN
                 DO UPDATE SET value = EXCLUDED.value)
             SELECT entry_delta + count(*), byte_delta + sum(size) INTO entry_delta, byte_delta FROM added;
         END IF;
+        PERFORM sms.count_members(p_tenant_id, p_fsa_id, v_keys[1], p_version);
         RETURN;
     END IF;
 

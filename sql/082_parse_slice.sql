@@ -2,7 +2,9 @@
 -- spec:
 --   {"spec": text, "collection": c, "path": [keys after the member],
 --    "member": exact member key | null, "whole": true when the spec names a top-level key alone,
---    "pattern": LIKE pattern on lower(member), "lo"/"hi": the key range of its literal prefix}
+--    "pattern": LIKE pattern on lower(member), "lo"/"hi": the key range of its literal prefix,
+--    "family": the sms.member_counts family whose members are exactly those the pattern matches
+--              ('' = the whole collection), or null}
 -- Forms: `alias:glob` (task -> tasks, metric -> metrics, agent -> agents_online,
 -- resource -> resources, any other name is the collection itself), `collection.member[.path]`
 -- where the member may be a glob (`resources.*`, `tasks.*.status`), and `key` alone.
@@ -18,6 +20,7 @@ DECLARE
     v_collection text;
     v_out        jsonb := '[]';
     v_prefix     text;
+    v_pattern    text;
     v_alias      boolean;
 BEGIN
     IF p_spec IS NULL OR btrim(p_spec) = '' THEN
@@ -55,19 +58,23 @@ BEGIN
 
         IF cardinality(v_keys) = 1 THEN
             v_out := v_out || jsonb_build_object('spec', v_part, 'collection', v_keys[1], 'whole', true,
-                'path', '[]'::jsonb, 'member', NULL, 'pattern', '%', 'lo', '', 'hi', chr(1114111));
+                'path', '[]'::jsonb, 'member', NULL, 'pattern', '%', 'lo', '', 'hi', chr(1114111), 'family', '');
         ELSIF v_alias OR v_keys[2] ~ '[*?]' THEN
             v_glob := lower(v_keys[2] COLLATE "C");  -- folded as lower(member) is
             v_prefix := substring(v_glob FROM '^[^*?]*');
+            v_pattern := replace(replace(regexp_replace(v_glob, '([\\%_])', '\\\1', 'g'), '*', '%'), '?', '_');
             v_out := v_out || jsonb_build_object('spec', v_part, 'collection', v_keys[1], 'whole', false,
-                'path', to_jsonb(v_keys[3:]), 'member', NULL,
-                'pattern', replace(replace(regexp_replace(v_glob, '([\\%_])', '\\\1', 'g'), '*', '%'), '?', '_'),
-                'lo', v_prefix, 'hi', sms.next_prefix(v_prefix));
+                'path', to_jsonb(v_keys[3:]), 'member', NULL, 'pattern', v_pattern,
+                'lo', v_prefix, 'hi', sms.next_prefix(v_prefix),
+                'family', CASE WHEN v_pattern = '%' THEN ''
+                               WHEN v_pattern = regexp_replace(v_prefix, '([\\%_])', '\\\1', 'g') || '%'
+                                AND sms.key_family(v_prefix) = v_prefix THEN v_prefix END);
         ELSE
             v_out := v_out || jsonb_build_object('spec', v_part, 'collection', v_keys[1], 'whole', false,
                 'path', to_jsonb(v_keys[3:]), 'member', v_keys[2],
                 'pattern', regexp_replace(lower(v_keys[2] COLLATE "C"), '([\\%_])', '\\\1', 'g'),
-                'lo', lower(v_keys[2] COLLATE "C"), 'hi', sms.next_prefix(lower(v_keys[2] COLLATE "C")));
+                'lo', lower(v_keys[2] COLLATE "C"), 'hi', sms.next_prefix(lower(v_keys[2] COLLATE "C")),
+                'family', NULL);
         END IF;
     END LOOP;
     IF jsonb_array_length(v_out) > 20 THEN

@@ -1,15 +1,23 @@
 -- sms.slice_fingerprint(tenant, fsa, parts): changes whenever anything a slice covers changes.
--- Per part: the count and the highest version of its candidate entries (an insert raises the
--- highest version, a delete lowers the count, an update raises the version), and the version of
--- the top-level value when it is not an object.
+-- Per part: for a whole collection or key family, its sms.member_counts row (count and latest
+-- change: one row, however many members); else the count and the highest version of its
+-- candidate entries (an insert raises the highest version, a delete lowers the count, an update
+-- raises the version). And the version of the top-level value when it is not an object.
 CREATE OR REPLACE FUNCTION sms.slice_fingerprint(p_tenant_id text, p_fsa_id text, p_parts jsonb)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT md5(string_agg(concat_ws(':', f.n, f.v, CASE WHEN jsonb_typeof(t.value) <> 'object' THEN t.version END),
-                          ',' ORDER BY p.i))
+    SELECT md5(string_agg(concat_ws(':',
+                   CASE WHEN p.part ->> 'family' IS NOT NULL THEN
+                       (SELECT concat_ws(':', c.members, c.version) FROM sms.member_counts c
+                         WHERE c.tenant_id = p_tenant_id AND c.fsa_id = p_fsa_id
+                           AND c.collection = p.part ->> 'collection' AND c.family = p.part ->> 'family')
+                   ELSE
+                       (SELECT concat_ws(':', count(*), max(s.version))
+                          FROM sms.slice_entries(p_tenant_id, p_fsa_id, p.part) s)
+                   END,
+                   CASE WHEN jsonb_typeof(t.value) <> 'object' THEN t.version END),
+               ',' ORDER BY p.i))
       FROM jsonb_array_elements(p_parts) WITH ORDINALITY p(part, i)
-     CROSS JOIN LATERAL (SELECT count(*) AS n, max(s.version) AS v
-                           FROM sms.slice_entries(p_tenant_id, p_fsa_id, p.part) s) f
       LEFT JOIN sms.entries t
         ON t.tenant_id = p_tenant_id AND t.fsa_id = p_fsa_id
        AND t.collection = p.part ->> 'collection' AND NOT t.is_member;

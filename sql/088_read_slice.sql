@@ -1,11 +1,14 @@
 -- sms.read_slice_parts(tenant, fsa, parts, k, order, where): the slice of a state (DESIGN §5)
--- for parsed parts (sms.parse_slice). Per part, the matching entries are ordered by key or most
--- recent change, cut to k, and merged into a sparse sub-document of the state with the same
--- nesting. `where` is a jsonpath filter on each entry's value. Returns
+-- for parsed parts (sms.parse_slice). Per part, the matching entries are ordered by key (folded,
+-- then exact) or most recent change, cut to k (sms.first_entries), and merged into a sparse
+-- sub-document of the state with the same nesting. `where` is a jsonpath filter on each entry's
+-- value. Returns
 --   {"slice": {...}, "total": n, "truncated": bool,
 --    "parts": [{"spec", "collection", "path", "whole", "matched", "returned", "status_counts",
 --               "members": [the returned members, in order]}]}
--- Cost ∝ the entries the parts cover, never the state's size. STABLE: one snapshot throughout.
+-- Cost: never ∝ the state's size. A whole collection or key family (`task:*`, `task:DESIGN_*`,
+-- `resources`) read by key without `where` costs ∝ k: sms.member_counts has its counts. Other
+-- parts are counted over the entries they cover. STABLE: one snapshot throughout.
 CREATE OR REPLACE FUNCTION sms.read_slice_parts(p_tenant_id text, p_fsa_id text, p_parts jsonb,
                                                 p_k integer, p_order text, p_where jsonpath)
 RETURNS jsonb
@@ -19,6 +22,8 @@ DECLARE
     v_cut     boolean := false;
     v_info    jsonb := '[]';
     v_piece   record;
+    v_matched bigint;
+    v_counts  jsonb;
 BEGIN
     IF p_k IS NOT NULL AND p_k < 1 THEN
         RAISE EXCEPTION USING ERRCODE = 'SM009', MESSAGE = 'k must be at least 1';
@@ -41,25 +46,34 @@ BEGIN
                 v_piece.piece := NULL;
             END IF;
         ELSE
-            WITH matched AS (
-                SELECT s.member, s.value, s.value #> v_path AS picked,
-                       row_number() OVER (ORDER BY CASE WHEN p_order = 'recent' THEN -s.version END, s.member) AS rank
-                  FROM sms.slice_entries(p_tenant_id, p_fsa_id, v_part) s
-                 WHERE s.value #> v_path IS NOT NULL
-                   AND (p_where IS NULL OR jsonb_path_exists(s.value, p_where, '{}', true))
-            )
-            SELECT count(*) AS matched,
-                   count(*) FILTER (WHERE rank <= coalesce(p_k, rank)) AS returned,
-                   (SELECT jsonb_object_agg(status, n) FROM (
-                        SELECT value ->> 'status' AS status, count(*) AS n FROM matched
-                         WHERE jsonb_typeof(value -> 'status') = 'string' GROUP BY 1) c) AS status_counts,
-                   coalesce(jsonb_agg(member ORDER BY rank) FILTER (WHERE rank <= coalesce(p_k, rank)), '[]') AS members,
-                   CASE WHEN count(*) FILTER (WHERE rank <= coalesce(p_k, rank)) > 0 THEN
+            -- how many match, in all and per status: one row of sms.member_counts for a whole
+            -- collection or key family taken as it is, else counted over the candidates
+            IF v_part ->> 'family' IS NOT NULL AND v_path = '{}' AND p_where IS NULL THEN
+                SELECT c.members, c.statuses INTO v_matched, v_counts
+                  FROM sms.member_counts c
+                 WHERE c.tenant_id = p_tenant_id AND c.fsa_id = p_fsa_id
+                   AND c.collection = v_part ->> 'collection' AND c.family = v_part ->> 'family';
+                v_matched := coalesce(v_matched, 0);  -- no row: no such collection or family
+                v_counts := nullif(v_counts, '{}');
+            ELSE
+                SELECT coalesce(sum(c.n), 0), jsonb_object_agg(c.status, c.n) FILTER (WHERE c.status IS NOT NULL)
+                  INTO v_matched, v_counts
+                  FROM (SELECT sms.entry_status(s.value) AS status, count(*) AS n
+                          FROM sms.slice_entries(p_tenant_id, p_fsa_id, v_part) s
+                         WHERE s.value #> v_path IS NOT NULL
+                           AND (p_where IS NULL OR jsonb_path_exists(s.value, p_where, '{}', true))
+                         GROUP BY 1) c;
+            END IF;
+            SELECT v_matched AS matched, count(*) AS returned, v_counts AS status_counts,
+                   coalesce(jsonb_agg(f.member ORDER BY CASE WHEN p_order = 'recent' THEN -f.version END,
+                                                        lower(f.member COLLATE "C"), f.member COLLATE "C"),
+                            '[]') AS members,
+                   CASE WHEN count(*) > 0 THEN
                        jsonb_build_object(v_part ->> 'collection',
-                           jsonb_object_agg(member, sms.nest(v_path, picked)) FILTER (WHERE rank <= coalesce(p_k, rank)))
+                                          jsonb_object_agg(f.member, sms.nest(v_path, f.value #> v_path)))
                    END AS piece
               INTO v_piece
-              FROM matched;
+              FROM sms.first_entries(p_tenant_id, p_fsa_id, v_part, v_path, p_where, p_order, p_k) f;
         END IF;
 
         v_total := v_total + v_piece.matched;

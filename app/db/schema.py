@@ -81,6 +81,19 @@ deltas = Table(
     UniqueConstraint("tenant_id", "fsa_id", "delta_id"),
 )
 
+member_counts = Table(
+    "member_counts",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("collection", Text(collation="C"), nullable=False),
+    Column("family", Text(collation="C"), nullable=False),
+    Column("members", BigInteger, nullable=False),
+    Column("statuses", JSONB, nullable=False),
+    Column("version", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "collection", "family"),
+)
+
 summary_cache = Table(
     "summary_cache",
     metadata,
