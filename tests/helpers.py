@@ -1,11 +1,14 @@
 """Helpers shared by the test modules: deltas applied through SQL as a psql user would, the state's
-version and log read back, the change feed heard on a LISTEN connection, and problem+json checks."""
+version and log read back, the change feed heard on a LISTEN connection, problem+json checks, and
+query plans (of nested statements too)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import re
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
@@ -125,3 +128,58 @@ def canonical(value: Any) -> Any:
         return ("array", tuple(canonical(v) for v in value))
     assert isinstance(value, dict), value
     return ("object", tuple(sorted((k, canonical(v)) for k, v in value.items())))
+
+
+def key_family(member: str) -> str | None:
+    """What sms.key_family should say: the key folded as lower() folds it under COLLATE "C" (ASCII
+    letters only), up to and including its first character that is not a letter or digit."""
+    folded = "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in member)
+    found = re.match(r"[a-z0-9]*[^a-z0-9]", folded)
+    return found.group(0) if found else None
+
+
+def expected_counts(doc: dict[str, Any]) -> dict[tuple[str, str], tuple[int, dict[str, int]]]:
+    """(collection, family) -> (members, counts by status) of every object-valued top-level key."""
+    members: Counter[tuple[str, str]] = Counter()
+    statuses: defaultdict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for collection, value in doc.items():
+        if not isinstance(value, dict):
+            continue
+        for member, entry in value.items():
+            status = entry.get("status") if isinstance(entry, dict) else None
+            for family in ("", key_family(member)):
+                if family is None:
+                    continue
+                members[collection, family] += 1
+                if isinstance(status, str):
+                    statuses[collection, family][status] += 1
+    return {key: (n, dict(statuses[key])) for key, n in members.items()}
+
+
+def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """A plan node (EXPLAIN FORMAT JSON) and every node below it."""
+    return [node] + [child for sub in node.get("Plans", []) for child in plan_nodes(sub)]
+
+
+async def logged_plans(conn: asyncpg.Connection, query: str, *args: Any, analyze: bool = False) -> list[dict[str, Any]]:
+    """The plans of every statement `query` runs, nested ones too (auto_explain's LOG messages);
+    with `analyze`, with the rows each node actually produced."""
+    messages: list[str] = []
+
+    def heard(_conn: Any, message: Any) -> None:
+        messages.append(message.message)
+
+    await conn.execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
+        f" SET auto_explain.log_analyze = {'on' if analyze else 'off'};"
+        " SET auto_explain.log_format = json; SET client_min_messages = log"
+    )
+    conn.add_log_listener(heard)
+    try:
+        await conn.fetch(query, *args)
+        await conn.fetchval("SELECT 1")
+        await asyncio.sleep(0)
+    finally:
+        conn.remove_log_listener(heard)
+        await conn.execute("SET client_min_messages = notice; SET auto_explain.log_min_duration = -1")
+    return [json.loads(m.split("plan:", 1)[1]) for m in messages if "plan:" in m]

@@ -4,6 +4,7 @@ metadata matches the migrated tables; `sms migrate` upgrades a database."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import psycopg
 from alembic.script import ScriptDirectory
+from helpers import expected_counts
 from sqlalchemy.dialects import postgresql
 
 from app.db import migrate
@@ -277,3 +279,32 @@ def test_each_downgrade_restores_the_previous_revision_exactly(empty_database_ur
         stepped_down = catalog(empty_database_url)
         for name in CATALOG:
             assert stepped_down[name] == built_up[revision][name], f"{name} differ after downgrading to {revision}"
+
+
+def test_upgrading_to_0006_counts_the_collections_already_stored(empty_database_url):
+    """States written before sms.member_counts existed are counted by the revision that adds it,
+    and the merge keeps the counts right from there on."""
+    migrate.upgrade(empty_database_url, "0005")
+    doc = {
+        "tasks": {f"{kind}_{i}": {"status": ["OPEN", "DONE"][i % 2]} for kind in ("DESIGN", "TEST") for i in range(5)},
+        "agents_online": {"DesignBot": {"status": "online"}, "human": {}},
+        "cash": 10,
+    }
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("SELECT sms.replace_state('t', 'f', %s::jsonb)", (json.dumps(doc),))
+    migrate.upgrade(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+
+        def counts() -> dict:
+            rows = conn.execute("SELECT collection, family, members, statuses FROM sms.member_counts").fetchall()
+            return {(c, f): (n, s) for c, f, n, s in rows if n > 0}
+
+        assert counts() == expected_counts(doc)
+        conn.execute("""SELECT sms.apply_delta('t', 'f', '{"tasks.DESIGN_0.status": "DONE", "tasks.NEW_1": {}}')""")
+        doc["tasks"]["DESIGN_0"]["status"] = "DONE"
+        doc["tasks"]["NEW_1"] = {}
+        assert counts() == expected_counts(doc)
+        read = conn.execute(
+            "SELECT sms.read_slice_parts('t', 'f', sms.parse_slice('task:DESIGN_*'), 2, 'key', NULL)"
+        ).fetchone()[0]
+        assert read["total"] == 5 and read["parts"][0]["status_counts"] == {"DONE": 3, "OPEN": 2}

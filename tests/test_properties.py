@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import canonical
+from helpers import canonical, expected_counts
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -63,13 +63,21 @@ def version(pg: psycopg.Connection, tenant: str, fsa: str) -> int:
 
 
 def check_counters(pg: psycopg.Connection, tenant: str, fsa: str) -> None:
-    """The header's entry_count describes sms.entries without scanning it: it must be right."""
+    """The header's entry_count and sms.member_counts describe sms.entries without scanning it:
+    they must be right."""
     counted, recorded = pg.execute(
         """SELECT (SELECT count(*) FROM sms.entries WHERE tenant_id = %(t)s AND fsa_id = %(f)s),
                   coalesce((SELECT entry_count FROM sms.states WHERE tenant_id = %(t)s AND fsa_id = %(f)s), 0)""",
         {"t": tenant, "f": fsa},
     ).fetchone()
     assert recorded == counted
+    rows = pg.execute(
+        """SELECT collection, family, members, statuses FROM sms.member_counts
+            WHERE tenant_id = %s AND fsa_id = %s AND members > 0""",
+        (tenant, fsa),
+    ).fetchall()
+    doc = json.loads(document(pg, tenant, fsa))
+    assert {(c, f): (n, statuses) for c, f, n, statuses in rows} == expected_counts(doc)
 
 
 # ---- (a) any JSON object round-trips -------------------------------------------------------------
@@ -125,7 +133,7 @@ def test_empty_top_level_key_round_trips_and_replays(pg):
 # ---- (b) replaying the log reproduces every version ----------------------------------------------
 
 collections = st.sampled_from(["tasks", "metrics", "flags"])
-path_keys = st.sampled_from(["a", "b", "c.d", "x\\y"])
+path_keys = st.sampled_from(["a", "b", "c.d", "x\\y", "status", "T_1"])
 paths = st.builds(
     lambda c, rest: ".".join(escape_key(k) for k in [c, *rest]), collections, st.lists(path_keys, max_size=2)
 )
@@ -135,12 +143,13 @@ small_scalars = st.none() | st.booleans() | small_numbers | small_strings
 small_values = st.recursive(
     small_scalars,
     lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(["a", "b", "c", "$d"]), children, max_size=3)
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from(["a", "b", "status", "$d"]), children, max_size=3)
     ),
     max_leaves=6,
 )
 merge_patches = st.dictionaries(
-    st.sampled_from(["a", "b", "k"]),
+    st.sampled_from(["a", "b", "k", "T_2"]),
     st.none() | small_scalars | st.dictionaries(st.sampled_from(["a", "b"]), st.none() | small_scalars, max_size=2),
     max_size=3,
 )

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from collections import defaultdict
@@ -22,7 +21,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import apply_delta, assert_problem, canonical, document, log_rows
+from helpers import apply_delta, assert_problem, canonical, document, log_rows, logged_plans, plan_nodes
 
 from app.db.queries import _READ_LINEAGE
 from app.domain.delta import escape_key
@@ -342,12 +341,6 @@ async def test_lineage_route_lists_a_lineage_across_states_in_time_order(client,
 # ---------------------------------------------------------------- indexes
 
 
-def plan_nodes(node: dict[str, Any]):
-    yield node
-    for child in node.get("Plans", []):
-        yield from plan_nodes(child)
-
-
 INDEX_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
 LOGS = {"deltas", "entry_history"}
 
@@ -407,28 +400,6 @@ async def test_the_lineage_route_query_is_an_index_scan(big_log):
     assert seq_scans_on_logs(plan) == [], json.dumps(plan, indent=1)
     scans = index_scans(plan, "deltas_by_lineage")
     assert scans and all("lineage_id" in s["Index Cond"] for s in scans), json.dumps(plan, indent=1)
-
-
-async def logged_plans(conn: asyncpg.Connection, query: str, *args: Any) -> list[dict[str, Any]]:
-    """The plans of every statement `query` runs, nested ones too (auto_explain's LOG messages)."""
-    messages: list[str] = []
-
-    def heard(_conn: Any, message: Any) -> None:
-        messages.append(message.message)
-
-    await conn.execute(
-        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; SET auto_explain.log_nested_statements = on;"
-        " SET auto_explain.log_format = json; SET client_min_messages = log"
-    )
-    conn.add_log_listener(heard)
-    try:
-        await conn.fetch(query, *args)
-        await conn.fetchval("SELECT 1")
-        await asyncio.sleep(0)
-    finally:
-        conn.remove_log_listener(heard)
-        await conn.execute("SET client_min_messages = notice; SET auto_explain.log_min_duration = -1")
-    return [json.loads(m.split("plan:", 1)[1]) for m in messages if "plan:" in m]
 
 
 @pytest.mark.parametrize("path", ["tasks.T5.status", "tasks.T17"])

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from helpers import assert_problem
+from helpers import assert_problem, logged_plans, plan_nodes
 
 T, F = "acme", "launch"
 URL = f"/state/{T}/{F}"
@@ -458,10 +458,6 @@ async def test_a_long_union_spec_keeps_the_summary_within_max_tokens(seeded):
 # ---------------------------------------------------------------- the plan of a glob
 
 
-def plan_nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
-    return [node] + [child for sub in node.get("Plans", []) for child in plan_nodes(sub)]
-
-
 @pytest.fixture
 async def big_state(conn):
     document = {
@@ -509,6 +505,46 @@ async def test_a_match_all_glob_still_restricts_to_its_collection(conn, big_stat
     assert "collection" in scans[0]["Index Cond"] and "tasks" in scans[0]["Index Cond"], scans[0]["Index Cond"]
     count = await conn.fetchval("SELECT count(*) FROM sms.slice_entries('t', 'f', (sms.parse_slice('task:*')) -> 0)")
     assert count == 2400
+
+
+READ_PARTS = "SELECT sms.read_slice_parts('t', 'f', sms.parse_slice($1), $2, 'key', NULL)::text"
+ENTRY_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Seq Scan"}
+
+
+async def entries_read(conn, spec: str, k: int) -> int:
+    """Rows of sms.entries that an uncached slice read looked at (EXPLAIN ANALYZE of every
+    statement it ran), filtered out ones included."""
+    plans = await logged_plans(conn, READ_PARTS, spec, k, analyze=True)
+    return sum(
+        (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node["Actual Loops"]
+        for plan in plans
+        for node in plan_nodes(plan["Plan"])
+        if node["Node Type"] in ENTRY_SCANS and node.get("Relation Name") == "entries"
+    )
+
+
+@pytest.mark.parametrize("spec", ["task:*", "tasks", "task:DESIGN_*", "task:review_*", "agent:*"])
+async def test_a_whole_collection_or_key_family_reads_only_its_first_k_entries(conn, big_state, spec):
+    """Its total and status counts come from sms.member_counts and its first k by key straight
+    from the index: 3 members read (and the collection's own row), of hundreds matched."""
+    assert await entries_read(conn, spec, 3) <= 3 + 1
+    read = json.loads(await conn.fetchval(READ_PARTS, spec, 3))
+    collection = "agents_online" if spec.startswith("agent") else "tasks"
+    prefix = spec.partition(":")[2].rstrip("*").lower() if ":" in spec else ""
+    matched = sorted((k for k in big_state[collection] if k.lower().startswith(prefix)), key=lambda k: k.lower())
+    assert read["total"] == len(matched) and read["truncated"]
+    assert read["parts"][0]["members"] == matched[:3]
+    statuses: dict[str, int] = {}
+    for key in matched:
+        status = big_state[collection][key]["status"]
+        statuses[status] = statuses.get(status, 0) + 1
+    assert read["parts"][0]["status_counts"] == statuses
+
+
+@pytest.mark.parametrize("spec, candidates", [("task:DES*", 600), ("task:*_0001", 2400), ("tasks.*.status", 2400)])
+async def test_any_other_glob_is_counted_over_the_entries_it_covers(conn, big_state, spec, candidates):
+    """What the counts can't answer is counted: the cost of these grows with their candidates."""
+    assert await entries_read(conn, spec, 3) >= candidates
 
 
 async def test_an_expensive_where_predicate_is_cut_off_by_the_statement_timeout(client, make_client):
