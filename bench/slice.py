@@ -7,8 +7,10 @@ beside sms.document) and through HTTP (GET …/slice beside GET /state/{t}/{f}, 
 server), and cached beside uncached slices (sms.read_slice hits beside sms.read_slice_parts; over
 HTTP, repeated identical reads beside reads that each miss because each asks for its own max_tokens,
 so a miss also pays for the summary and for storing it).
-Acceptance, for every spec: the 1 MB / 25 KB ratio of the uncached in-database p50 is at most 1.5,
-and at 100 KB the slice's HTTP response is at most 5 % of the full read's.
+Acceptance, for every seed spec: the 1 MB / 25 KB ratio of the uncached in-database p50 is at most
+1.5, and at 100 KB the slice's HTTP response is at most 5 % of the full read's. Beside them, for
+comparison and not checked, a glob that is no key family (`task:DES*`): it is counted over the
+entries it covers, so its cost grows with them.
 
 It runs in a scratch database that it creates (and drops at the end) on the server of
 SMS_DATABASE_URL, or on an embedded PostgreSQL in a temporary directory; its states belong to tenant
@@ -79,7 +81,9 @@ SLICES = (
     Read("task:*", 3),
     Read("resources.cash_balance_usd"),
 )
-READS = (*SLICES, FULL_READ)
+# counted over its candidates (no sms.member_counts family): shown for comparison, not checked
+UNCOUNTED = (Read("task:DES*", 5),)
+READS = (*SLICES, *UNCOUNTED, FULL_READ)
 
 
 @dataclass(frozen=True)
