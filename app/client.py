@@ -245,6 +245,19 @@ class StateMemoryClient:
         }
         return _build(StateSlice, await self._request("GET", _state_path(tenant, fsa, "/slice"), params=params))
 
+    async def get_aliases(self, tenant: str, fsa: str) -> dict[str, str]:
+        """The aliases of the state's slice specs, {"task": "tasks", …}: the defaults and its own."""
+        return (await self._request("GET", _state_path(tenant, fsa, "/aliases")))["aliases"]
+
+    async def set_alias(self, tenant: str, fsa: str, alias: str, collection: str) -> dict[str, str]:
+        """Makes `alias:pattern` in the state's slice specs read `collection`; the aliases after."""
+        path = _state_path(tenant, fsa, f"/aliases/{_segment(alias)}")
+        return (await self._request("PUT", path, content=jsontext.encode({"collection": collection})))["aliases"]
+
+    async def remove_alias(self, tenant: str, fsa: str, alias: str) -> dict[str, str]:
+        """Removes the state's own alias (a default one of that name applies again); the aliases after."""
+        return (await self._request("DELETE", _state_path(tenant, fsa, f"/aliases/{_segment(alias)}")))["aliases"]
+
     async def apply_delta(
         self,
         tenant: str,

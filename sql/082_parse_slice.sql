@@ -1,16 +1,17 @@
--- sms.parse_slice(spec): a slice spec (DESIGN §5) into a list of parts, one per comma-separated
--- spec:
+-- sms.parse_slice(spec, aliases): a slice spec (DESIGN §5) into a list of parts, one per
+-- comma-separated spec, naming collections through `aliases` ({"alias": "collection"}: the
+-- state's, sms.aliases_of; NULL = sms.default_aliases()):
 --   {"spec": text, "collection": c, "path": [keys after the member],
 --    "member": exact member key | null, "whole": true when the spec names a top-level key alone,
 --    "pattern": LIKE pattern on lower(member), "lo"/"hi": the key range of its literal prefix,
 --    "family": the sms.member_counts family whose members are exactly those the pattern matches
 --              ('' = the whole collection), or null}
--- Forms: `alias:glob` (task -> tasks, metric -> metrics, agent -> agents_online,
--- resource -> resources, any other name is the collection itself), `collection.member[.path]`
--- where the member may be a glob (`resources.*`, `tasks.*.status`), and `key` alone.
+-- Forms: `alias:glob` (an alias, case-insensitive, or else the collection's own name),
+-- `collection.member[.path]` where the member may be a glob (`resources.*`, `tasks.*.status`),
+-- and `key` alone.
 -- The pattern of `alias:pattern` is a glob (`*`, `?`), matched case-insensitively even without
 -- wildcards; a dotted path names its member exactly. Raises SM009 (invalid slice) with the reason.
-CREATE OR REPLACE FUNCTION sms.parse_slice(p_spec text) RETURNS jsonb
+CREATE OR REPLACE FUNCTION sms.parse_slice(p_spec text, p_aliases jsonb DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
     v_part       text;
@@ -35,9 +36,7 @@ BEGIN
         IF v_alias THEN
             v_name := split_part(v_part, ':', 1);
             v_glob := substr(v_part, length(v_name) + 2);
-            v_collection := CASE lower(v_name) WHEN 'task' THEN 'tasks' WHEN 'metric' THEN 'metrics'
-                                WHEN 'agent' THEN 'agents_online' WHEN 'resource' THEN 'resources'
-                                ELSE v_name END;
+            v_collection := coalesce(coalesce(p_aliases, sms.default_aliases()) ->> lower(v_name COLLATE "C"), v_name);
             IF v_glob = '' THEN
                 RAISE EXCEPTION USING ERRCODE = 'SM009',
                     MESSAGE = format('slice spec "%s" needs a key pattern after the colon (e.g. %s:*)', v_part, v_name);

@@ -12,9 +12,11 @@ CREATE OR REPLACE FUNCTION sms.read_slice(p_tenant_id text, p_fsa_id text, p_spe
 RETURNS jsonb
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
-    v_parts   jsonb := sms.parse_slice(p_spec);
+    v_parts   jsonb := sms.parse_slice(p_spec, sms.aliases_of(p_tenant_id, p_fsa_id));
+    -- the collections are part of the key: a changed alias reads (and caches) afresh
     v_request jsonb := jsonb_build_object('spec', p_spec, 'k', p_k, 'order', p_order,
-                                          'where', p_where::text, 'options', p_options);
+                                          'where', p_where::text, 'options', p_options,
+                                          'collections', jsonb_path_query_array(v_parts, '$[*].collection'));
     v_key     text := md5(v_request::text);
     v_version bigint;
     v_coarse  text := sms.slice_coarse(p_tenant_id, p_fsa_id, v_parts);

@@ -7,7 +7,8 @@ CREATE OR REPLACE FUNCTION sms.changes_since(p_tenant_id text, p_fsa_id text, p_
 RETURNS jsonb
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
-    v_parts   jsonb := CASE WHEN p_slice IS NOT NULL THEN sms.parse_slice(p_slice) END;
+    v_parts   jsonb := CASE WHEN p_slice IS NOT NULL
+                            THEN sms.parse_slice(p_slice, sms.aliases_of(p_tenant_id, p_fsa_id)) END;
     v_version bigint := coalesce((SELECT version FROM sms.states WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id), 0);
 BEGIN
     PERFORM sms.check_version(p_tenant_id, p_fsa_id, p_since);

@@ -7,7 +7,7 @@ import re
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, delete, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
@@ -25,7 +25,7 @@ from app.domain.delta import (
     write_meta,
 )
 from app.domain.summary import slice_body, slice_header, slice_summary, state_summary
-from app.errors import invalid_id, invalid_slice
+from app.errors import invalid_id, invalid_slice, malformed
 from app.settings import Settings
 
 JSON = "application/json"
@@ -167,6 +167,44 @@ async def read_slice(
     return json_response(jsontext.encode(response), headers={"ETag": f'"{read["version"]}"'})
 
 
+AliasName = Annotated[
+    str, PathParameter(description="An alias of slice specs: a letter, then up to 62 letters, digits, _ or -")
+]
+
+
+def _aliases(tenant_id: str, fsa_id: str, aliases: dict[str, str]) -> Response:
+    return json_response(jsontext.encode({"tenant_id": tenant_id, "fsa_id": fsa_id, "aliases": aliases}))
+
+
+@get("/state/{tenant_id:str}/{fsa_id:str}/aliases")
+async def read_aliases(db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
+    """The aliases of the state's slice specs, {"task": "tasks", …}: the defaults (task, metric,
+    agent, resource) and the state's own."""
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    return _aliases(tenant_id, fsa_id, await db.aliases(tenant_id, fsa_id))
+
+
+@put("/state/{tenant_id:str}/{fsa_id:str}/aliases/{alias:str}", status_code=HTTP_200_OK)
+async def set_alias(
+    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, alias: AliasName
+) -> Response:
+    """Makes `alias:pattern` in this state's slice specs read a collection; the body is
+    {"collection": "tasks"}. Aliases are configuration, not content: setting one is no delta.
+    Cached slices read through the alias are read afresh."""
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    given = decode_body(await request.body(), state.settings.limits)
+    if not isinstance(given, dict) or set(given) != {"collection"} or not isinstance(given["collection"], str):
+        raise malformed('send the alias\'s collection as {"collection": "<name>"}')
+    return _aliases(tenant_id, fsa_id, await db.set_alias(tenant_id, fsa_id, alias, given["collection"]))
+
+
+@delete("/state/{tenant_id:str}/{fsa_id:str}/aliases/{alias:str}", status_code=HTTP_200_OK)
+async def remove_alias(db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, alias: AliasName) -> Response:
+    """Removes the state's own alias; a default one of that name applies again."""
+    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    return _aliases(tenant_id, fsa_id, await db.set_alias(tenant_id, fsa_id, alias, None))
+
+
 @post("/state/{tenant_id:str}/{fsa_id:str}", status_code=HTTP_200_OK)
 async def replace_state(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """Create or replace the whole state with the JSON object in the body, logged as one delta."""
@@ -242,4 +280,15 @@ def _result_etag(result: str) -> dict[str, str]:
     return {"ETag": f'"{version}"'} if version is not None else {}
 
 
-ROUTES = [health, read_state, read_slice, replace_state, apply_delta, validate_delta, read_deltas]
+ROUTES = [
+    health,
+    read_state,
+    read_slice,
+    read_aliases,
+    set_alias,
+    remove_alias,
+    replace_state,
+    apply_delta,
+    validate_delta,
+    read_deltas,
+]

@@ -91,11 +91,12 @@ _WRITE_FUNCTIONS = {
     "add_comment": "SELECT sms.add_comment($1, $2, $3, $4, $5, $6, $7)::text",
 }
 
+# the slice is parsed with the aliases of each delta's own state
 _READ_FEED = """
-WITH slice AS (SELECT CASE WHEN $6::text IS NOT NULL THEN sms.parse_slice($6) END AS parts)
 SELECT d.fsa_id, d.version, d.delta_id::text AS delta_id, d.actor, d.lineage_id, d.trace_id, d.parent_id,
        d.meta, d.ops, d.paths, d.collections, d.created_at, d.tx_id::text AS tx_id,
-       coalesce((SELECT sms.touches_slice(d.ops, parts) FROM slice WHERE parts IS NOT NULL), true) AS wanted
+       CASE WHEN $6::text IS NULL THEN true
+            ELSE sms.touches_slice(d.ops, sms.parse_slice($6, sms.aliases_of(d.tenant_id, d.fsa_id))) END AS wanted
   FROM sms.feed_after($1, $2, $3::text::xid8, $4, $5, $7) d
 """
 
@@ -265,6 +266,16 @@ class Database:
             )
             for row in rows
         ]
+
+    async def aliases(self, tenant_id: str, fsa_id: str) -> dict[str, str]:
+        """The aliases of the state's slice specs (sms.aliases_of)."""
+        async with self._connection() as conn:
+            return await conn.fetchval("SELECT sms.aliases_of($1, $2)", tenant_id, fsa_id)
+
+    async def set_alias(self, tenant_id: str, fsa_id: str, alias: str, collection: str | None) -> dict[str, str]:
+        """Sets (or, with no collection, removes) one of the state's own aliases; its aliases after."""
+        async with self._connection() as conn:
+            return await conn.fetchval("SELECT sms.set_alias($1, $2, $3, $4)", tenant_id, fsa_id, alias, collection)
 
     async def parse_slice(self, spec: str) -> Any:
         """The parsed parts of a slice spec; a 400 problem when it is invalid."""

@@ -94,6 +94,17 @@ member_counts = Table(
     PrimaryKeyConstraint("tenant_id", "fsa_id", "collection", "family"),
 )
 
+slice_aliases = Table(
+    "slice_aliases",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("alias", Text(collation="C"), nullable=False),
+    Column("collection", Text(collation="C"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "alias"),
+)
+
 summary_cache = Table(
     "summary_cache",
     metadata,
