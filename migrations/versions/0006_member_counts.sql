@@ -174,7 +174,10 @@ BEGIN
                 DO UPDATE SET value = EXCLUDED.value)
             SELECT entry_delta + count(*), byte_delta + sum(size) INTO entry_delta, byte_delta FROM added;
         END IF;
-        PERFORM sms.count_members(p_tenant_id, p_fsa_id, v_keys[1], p_version);
+        IF jsonb_typeof(v_top) = 'object' OR (v_op = 'set' AND jsonb_typeof(v_arg) = 'object') THEN
+            -- a collection was replaced or removed: count its members afresh
+            PERFORM sms.count_members(p_tenant_id, p_fsa_id, v_keys[1], p_version);
+        END IF;
         RETURN;
     END IF;
 
