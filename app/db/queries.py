@@ -91,13 +91,20 @@ _WRITE_FUNCTIONS = {
     "add_comment": "SELECT sms.add_comment($1, $2, $3, $4, $5, $6, $7)::text",
 }
 
-# the slice is parsed with the aliases of each delta's own state
 _READ_FEED = """
-SELECT d.fsa_id, d.version, d.delta_id::text AS delta_id, d.actor, d.lineage_id, d.trace_id, d.parent_id,
-       d.meta, d.ops, d.paths, d.collections, d.created_at, d.tx_id::text AS tx_id,
-       CASE WHEN $6::text IS NULL THEN true
-            ELSE sms.touches_slice(d.ops, sms.parse_slice($6, sms.aliases_of(d.tenant_id, d.fsa_id))) END AS wanted
-  FROM sms.feed_after($1, $2, $3::text::xid8, $4, $5, $7) d
+WITH log AS (
+    SELECT * FROM sms.feed_after($1, $2, $3::text::xid8, $4, $5, $7) WITH ORDINALITY
+), slices AS (
+    -- the slice filter, parsed once per state, with that state's aliases
+    SELECT fsa_id, sms.parse_slice($6, sms.aliases_of($1, fsa_id)) AS parts
+      FROM (SELECT DISTINCT fsa_id FROM log) states
+     WHERE $6::text IS NOT NULL
+)
+SELECT log.fsa_id, log.version, log.delta_id::text AS delta_id, log.actor, log.lineage_id, log.trace_id,
+       log.parent_id, log.meta, log.ops, log.paths, log.collections, log.created_at, log.tx_id::text AS tx_id,
+       CASE WHEN $6::text IS NULL THEN true ELSE sms.touches_slice(log.ops, slices.parts) END AS wanted
+  FROM log LEFT JOIN slices USING (fsa_id)
+ ORDER BY log.ordinality
 """
 
 
