@@ -191,3 +191,29 @@ async def test_key_order_is_folded_then_exact(conn):
     first = json.loads(await conn.fetchval(READ_PARTS, T, F, "flags:*", 3, "key", None))
     assert first["parts"][0]["members"] == ["A", "a", "A_0"]
     assert first["total"] == 6 and first["truncated"]
+
+
+# the recent order the slow way: every candidate sorted
+RECENT_REFERENCE = """
+    SELECT coalesce(jsonb_agg(s.member ORDER BY s.version DESC, lower(s.member COLLATE "C"), s.member COLLATE "C"),
+                    '[]')::text
+      FROM (SELECT s.member, s.version FROM sms.slice_entries($1, $2, (sms.parse_slice($3)) -> 0) s
+             ORDER BY s.version DESC, lower(s.member COLLATE "C"), s.member COLLATE "C" LIMIT $4) s"""
+
+
+async def test_recent_order_walked_from_history_equals_sorting_every_candidate(conn):
+    """sms.recent_entries walks the history newest first; whatever the writes (members changed
+    once, one member changed over and over, members removed and written again, collections set
+    whole), its first k are the first k of a sort of every candidate."""
+    rng = random.Random(3)
+    for round_ in range(8):
+        for _ in range(20):
+            await write(conn, random_delta(rng))
+        if round_ % 3 == 1:  # one hot member: the walk meets it again and again
+            for i in range(30):
+                await write(conn, {"tasks.DESIGN_0": {"status": STATUSES[i % 3]}})
+        for spec in ("task:*", "task:design_*", "task:test-*", "flags:*", "flags:a_*"):
+            for k in (1, 2, 5):
+                read = json.loads(await conn.fetchval(READ_PARTS, T, F, spec, k, "recent", None))
+                expected = json.loads(await conn.fetchval(RECENT_REFERENCE, T, F, spec, k))
+                assert read["parts"][0]["members"] == expected, (round_, spec, k)

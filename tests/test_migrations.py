@@ -308,3 +308,25 @@ def test_upgrading_to_0006_counts_the_collections_already_stored(empty_database_
             "SELECT sms.read_slice_parts('t', 'f', sms.parse_slice('task:DESIGN_*'), 2, 'key', NULL)"
         ).fetchone()[0]
         assert read["total"] == 5 and read["parts"][0]["status_counts"] == {"DONE": 3, "OPEN": 2}
+
+
+def test_recent_order_covers_entries_older_than_their_history(empty_database_url):
+    """Entries written before revision 0004 kept history have none: a slice in order of recent
+    change still finds them, after everything the history holds."""
+    migrate.upgrade(empty_database_url, "0003")
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("""SELECT sms.replace_state('t', 'f', '{"tasks": {"A_1": {}, "A_2": {}, "A_3": {}}}')""")
+        conn.execute("""SELECT sms.apply_delta('t', 'f', '{"tasks.A_2.n": 1}')""")
+    migrate.upgrade(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        conn.execute("""SELECT sms.apply_delta('t', 'f', '{"tasks.A_3.n": 1}')""")
+
+        def recent(spec: str, k: int) -> list[str]:
+            read = conn.execute(
+                "SELECT sms.read_slice_parts('t', 'f', sms.parse_slice(%s), %s, 'recent', NULL)", (spec, k)
+            ).fetchone()[0]
+            return read["parts"][0]["members"]
+
+        for spec in ("task:*", "task:a_*"):
+            assert recent(spec, 1) == ["A_3"]  # found in the history
+            assert recent(spec, 3) == ["A_3", "A_2", "A_1"]  # A_2 and A_1 predate it

@@ -507,14 +507,14 @@ async def test_a_match_all_glob_still_restricts_to_its_collection(conn, big_stat
     assert count == 2400
 
 
-READ_PARTS = "SELECT sms.read_slice_parts('t', 'f', sms.parse_slice($1), $2, 'key', NULL)::text"
+READ_PARTS = "SELECT sms.read_slice_parts('t', 'f', sms.parse_slice($1), $2, coalesce($3, 'key'), NULL)::text"
 ENTRY_SCANS = {"Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Seq Scan"}
 
 
-async def entries_read(conn, spec: str, k: int) -> int:
+async def entries_read(conn, spec: str, k: int, order: str = "key") -> int:
     """Rows of sms.entries that an uncached slice read looked at (EXPLAIN ANALYZE of every
     statement it ran), filtered out ones included."""
-    plans = await logged_plans(conn, READ_PARTS, spec, k, analyze=True)
+    plans = await logged_plans(conn, READ_PARTS, spec, k, order, analyze=True)
     return sum(
         (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)) * node["Actual Loops"]
         for plan in plans
@@ -528,7 +528,7 @@ async def test_a_whole_collection_or_key_family_reads_only_its_first_k_entries(c
     """Its total and status counts come from sms.member_counts and its first k by key straight
     from the index: 3 members read (and the collection's own row), of hundreds matched."""
     assert await entries_read(conn, spec, 3) <= 3 + 1
-    read = json.loads(await conn.fetchval(READ_PARTS, spec, 3))
+    read = json.loads(await conn.fetchval(READ_PARTS, spec, 3, None))
     collection = "agents_online" if spec.startswith("agent") else "tasks"
     prefix = spec.partition(":")[2].rstrip("*").lower() if ":" in spec else ""
     matched = sorted((k for k in big_state[collection] if k.lower().startswith(prefix)), key=lambda k: k.lower())
@@ -539,6 +539,19 @@ async def test_a_whole_collection_or_key_family_reads_only_its_first_k_entries(c
         status = big_state[collection][key]["status"]
         statuses[status] = statuses.get(status, 0) + 1
     assert read["parts"][0]["status_counts"] == statuses
+
+
+async def test_the_most_recently_changed_are_found_in_the_history_not_by_sorting_every_match(conn, big_state):
+    """order=recent walks the collection's history newest first: after ten single changes, the
+    three newest tasks cost a few entry reads, not a sort of 600 (or 2400) matches."""
+    for i in (5, 17, 250, 3, 42, 7, 99, 1, 2, 4):
+        delta = json.dumps({f"tasks.DESIGN_{i:04d}.n": i})
+        await conn.fetchval("SELECT sms.apply_delta('t', 'f', $1::jsonb)::text", delta)
+    for spec in ("task:*", "task:DESIGN_*"):
+        # a lookup per find, the three returned, the collection's own row
+        assert await entries_read(conn, spec, 3, "recent") <= 3 + 3 + 1
+        read = json.loads(await conn.fetchval(READ_PARTS, spec, 3, "recent"))
+        assert read["parts"][0]["members"] == ["DESIGN_0004", "DESIGN_0002", "DESIGN_0001"]
 
 
 @pytest.mark.parametrize("spec, candidates", [("task:DES*", 600), ("task:*_0001", 2400), ("tasks.*.status", 2400)])

@@ -1,0 +1,61 @@
+-- sms.recent_entries(tenant, fsa, part, path, where, k): the first k entries of one parsed slice
+-- part by most recent change (version descending, then key), as sms.first_entries orders them.
+-- For a whole collection or key family it walks the collection's entry history in that order
+-- (entry_history_recent) and keeps each matching member whose entry that change wrote last: cost
+-- ∝ the history walked, usually about k rows. The walk gives up for a sort of every candidate
+-- when it has walked as many rows as the family has members (a few members changed over and
+-- over), and when the history ends first (entries written before history was kept are older than
+-- all of it); so it never costs much more than that sort.
+CREATE OR REPLACE FUNCTION sms.recent_entries(p_tenant_id text, p_fsa_id text, p_part jsonb, p_path text[],
+                                              p_where jsonpath, p_k integer)
+RETURNS TABLE (member text, value jsonb, version bigint)
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    v_budget  bigint;
+    v_found   text[] := '{}';
+    v_row     record;
+    v_value   jsonb;
+BEGIN
+    IF p_k IS NOT NULL AND p_part ->> 'family' IS NOT NULL THEN
+        SELECT c.members + p_k INTO v_budget FROM sms.member_counts c
+         WHERE c.tenant_id = p_tenant_id AND c.fsa_id = p_fsa_id
+           AND c.collection = p_part ->> 'collection' AND c.family = p_part ->> 'family';
+    END IF;
+    FOR v_row IN
+        SELECT h.member, h.version FROM sms.entry_history h
+         WHERE v_budget IS NOT NULL
+           AND h.tenant_id = p_tenant_id AND h.fsa_id = p_fsa_id AND h.collection = p_part ->> 'collection'
+           AND h.is_member
+         ORDER BY h.version DESC, lower(h.member), h.member
+    LOOP
+        EXIT WHEN cardinality(v_found) >= p_k;
+        v_budget := v_budget - 1;
+        EXIT WHEN v_budget < 0;
+        CONTINUE WHEN NOT (lower(v_row.member COLLATE "C") >= p_part ->> 'lo'
+                           AND lower(v_row.member COLLATE "C") < p_part ->> 'hi'
+                           AND lower(v_row.member COLLATE "C") LIKE p_part ->> 'pattern');
+        SELECT e.value INTO v_value FROM sms.entries e
+         WHERE e.tenant_id = p_tenant_id AND e.fsa_id = p_fsa_id AND e.collection = p_part ->> 'collection'
+           AND e.is_member AND e.member = v_row.member AND e.version = v_row.version;
+        CONTINUE WHEN NOT FOUND OR v_value #> p_path IS NULL
+                   OR (p_where IS NOT NULL AND NOT jsonb_path_exists(v_value, p_where, '{}', true));
+        v_found := v_found || v_row.member;
+    END LOOP;
+    IF v_budget >= 0 AND cardinality(v_found) >= p_k THEN
+        RETURN QUERY
+            SELECT e.member, e.value, e.version FROM sms.entries e
+             WHERE e.tenant_id = p_tenant_id AND e.fsa_id = p_fsa_id AND e.collection = p_part ->> 'collection'
+               AND e.is_member AND e.member = ANY (v_found)
+             ORDER BY e.version DESC, lower(e.member COLLATE "C"), e.member COLLATE "C"
+             LIMIT p_k;
+        RETURN;
+    END IF;
+    RETURN QUERY
+        SELECT s.member, s.value, s.version
+          FROM sms.slice_entries(p_tenant_id, p_fsa_id, p_part) s
+         WHERE s.value #> p_path IS NOT NULL
+           AND (p_where IS NULL OR jsonb_path_exists(s.value, p_where, '{}', true))
+         ORDER BY s.version DESC, lower(s.member COLLATE "C"), s.member COLLATE "C"
+         LIMIT p_k;
+END;
+$$;
