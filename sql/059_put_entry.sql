@@ -30,12 +30,14 @@ BEGIN
         UPDATE sms.entries SET version = p_version
          WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
            AND NOT is_member AND member = '' AND version < p_version;
-        -- the counts of the collection and of the member's key family
+        -- the counts of the member's key family, and of the whole collection when they change
+        -- (the marker row above already has the collection's latest change)
         INSERT INTO sms.member_counts AS c (tenant_id, fsa_id, collection, family, members, statuses, version)
         SELECT p_tenant_id, p_fsa_id, p_collection, f.family, entry_delta,
                sms.tally(sms.tally('{}', sms.entry_status(p_old), -1), sms.entry_status(p_new), 1), p_version
           FROM (VALUES (''), (sms.key_family(p_member))) f(family)
-         WHERE f.family IS NOT NULL
+         WHERE f.family <> ''
+            OR (f.family = '' AND (entry_delta <> 0 OR sms.entry_status(p_old) IS DISTINCT FROM sms.entry_status(p_new)))
         ON CONFLICT (tenant_id, fsa_id, collection, family) DO UPDATE
            SET members = c.members + EXCLUDED.members,
                statuses = sms.tally(sms.tally(c.statuses, sms.entry_status(p_old), -1), sms.entry_status(p_new), 1),

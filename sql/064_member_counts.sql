@@ -11,5 +11,7 @@ CREATE TABLE sms.member_counts (
     members    bigint           NOT NULL,
     statuses   jsonb            NOT NULL,  -- members per status: {"OPEN": 12, "DONE": 3}
     version    bigint           NOT NULL,  -- the latest state version that changed one of the members
+                                           -- (family '': that changed the counts; the collection's
+                                           -- marker row in sms.entries has its latest change)
     PRIMARY KEY (tenant_id, fsa_id, collection, family)
 );

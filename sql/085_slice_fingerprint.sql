@@ -1,14 +1,16 @@
 -- sms.slice_fingerprint(tenant, fsa, parts): changes whenever anything a slice covers changes.
--- Per part: for a whole collection or key family, its sms.member_counts row (count and latest
--- change: one row, however many members); else the count and the highest version of its
--- candidate entries (an insert raises the highest version, a delete lowers the count, an update
--- raises the version). And the version of the top-level value when it is not an object.
+-- Per part: for a key family, its sms.member_counts row (count and latest change: one row,
+-- however many members); for a whole collection, its count and the version of its marker row
+-- (its latest change); else the count and the highest version of its candidate entries (an insert
+-- raises the highest version, a delete lowers the count, an update raises the version). And the
+-- version of the top-level value when it is not an object.
 CREATE OR REPLACE FUNCTION sms.slice_fingerprint(p_tenant_id text, p_fsa_id text, p_parts jsonb)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT md5(string_agg(concat_ws(':',
                    CASE WHEN p.part ->> 'family' IS NOT NULL THEN
-                       (SELECT concat_ws(':', c.members, c.version) FROM sms.member_counts c
+                       (SELECT concat_ws(':', c.members, CASE WHEN c.family = '' THEN t.version ELSE c.version END)
+                          FROM sms.member_counts c
                          WHERE c.tenant_id = p_tenant_id AND c.fsa_id = p_fsa_id
                            AND c.collection = p.part ->> 'collection' AND c.family = p.part ->> 'family')
                    ELSE

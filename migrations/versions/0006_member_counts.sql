@@ -42,6 +42,8 @@ CREATE TABLE sms.member_counts (
     members    bigint           NOT NULL,
     statuses   jsonb            NOT NULL,  -- members per status: {"OPEN": 12, "DONE": 3}
     version    bigint           NOT NULL,  -- the latest state version that changed one of the members
+                                           -- (family '': that changed the counts; the collection's
+                                           -- marker row in sms.entries has its latest change)
     PRIMARY KEY (tenant_id, fsa_id, collection, family)
 );
 
@@ -106,12 +108,14 @@ BEGIN
         UPDATE sms.entries SET version = p_version
          WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
            AND NOT is_member AND member = '' AND version < p_version;
-        -- the counts of the collection and of the member's key family
+        -- the counts of the member's key family, and of the whole collection when they change
+        -- (the marker row above already has the collection's latest change)
         INSERT INTO sms.member_counts AS c (tenant_id, fsa_id, collection, family, members, statuses, version)
         SELECT p_tenant_id, p_fsa_id, p_collection, f.family, entry_delta,
                sms.tally(sms.tally('{}', sms.entry_status(p_old), -1), sms.entry_status(p_new), 1), p_version
           FROM (VALUES (''), (sms.key_family(p_member))) f(family)
-         WHERE f.family IS NOT NULL
+         WHERE f.family <> ''
+            OR (f.family = '' AND (entry_delta <> 0 OR sms.entry_status(p_old) IS DISTINCT FROM sms.entry_status(p_new)))
         ON CONFLICT (tenant_id, fsa_id, collection, family) DO UPDATE
            SET members = c.members + EXCLUDED.members,
                statuses = sms.tally(sms.tally(c.statuses, sms.entry_status(p_old), -1), sms.entry_status(p_new), 1),
@@ -325,16 +329,18 @@ $$;
 
 -- ===== sql/085_slice_fingerprint.sql
 -- sms.slice_fingerprint(tenant, fsa, parts): changes whenever anything a slice covers changes.
--- Per part: for a whole collection or key family, its sms.member_counts row (count and latest
--- change: one row, however many members); else the count and the highest version of its
--- candidate entries (an insert raises the highest version, a delete lowers the count, an update
--- raises the version). And the version of the top-level value when it is not an object.
+-- Per part: for a key family, its sms.member_counts row (count and latest change: one row,
+-- however many members); for a whole collection, its count and the version of its marker row
+-- (its latest change); else the count and the highest version of its candidate entries (an insert
+-- raises the highest version, a delete lowers the count, an update raises the version). And the
+-- version of the top-level value when it is not an object.
 CREATE OR REPLACE FUNCTION sms.slice_fingerprint(p_tenant_id text, p_fsa_id text, p_parts jsonb)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT md5(string_agg(concat_ws(':',
                    CASE WHEN p.part ->> 'family' IS NOT NULL THEN
-                       (SELECT concat_ws(':', c.members, c.version) FROM sms.member_counts c
+                       (SELECT concat_ws(':', c.members, CASE WHEN c.family = '' THEN t.version ELSE c.version END)
+                          FROM sms.member_counts c
                          WHERE c.tenant_id = p_tenant_id AND c.fsa_id = p_fsa_id
                            AND c.collection = p.part ->> 'collection' AND c.family = p.part ->> 'family')
                    ELSE
