@@ -11,10 +11,12 @@ CREATE OR REPLACE FUNCTION sms.recent_entries(p_tenant_id text, p_fsa_id text, p
 RETURNS TABLE (member text, value jsonb, version bigint)
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
-    v_budget  bigint;
-    v_found   text[] := '{}';
-    v_row     record;
-    v_value   jsonb;
+    v_budget   bigint;
+    v_members  text[] := '{}';  -- what the walk found, in the slice's order
+    v_values   jsonb[] := '{}';
+    v_versions bigint[] := '{}';
+    v_row      record;
+    v_value    jsonb;
 BEGIN
     IF p_k IS NOT NULL AND p_part ->> 'family' IS NOT NULL THEN
         SELECT c.members + p_k INTO v_budget FROM sms.member_counts c
@@ -28,7 +30,7 @@ BEGIN
            AND h.is_member
          ORDER BY h.version DESC, lower(h.member), h.member
     LOOP
-        EXIT WHEN cardinality(v_found) >= p_k;
+        EXIT WHEN cardinality(v_members) >= p_k;
         v_budget := v_budget - 1;
         EXIT WHEN v_budget < 0;
         CONTINUE WHEN NOT (lower(v_row.member COLLATE "C") >= p_part ->> 'lo'
@@ -39,15 +41,12 @@ BEGIN
            AND e.is_member AND e.member = v_row.member AND e.version = v_row.version;
         CONTINUE WHEN NOT FOUND OR v_value #> p_path IS NULL
                    OR (p_where IS NOT NULL AND NOT jsonb_path_exists(v_value, p_where, '{}', true));
-        v_found := v_found || v_row.member;
+        v_members := array_append(v_members, v_row.member);
+        v_values := array_append(v_values, v_value);
+        v_versions := array_append(v_versions, v_row.version);
     END LOOP;
-    IF v_budget >= 0 AND cardinality(v_found) >= p_k THEN
-        RETURN QUERY
-            SELECT e.member, e.value, e.version FROM sms.entries e
-             WHERE e.tenant_id = p_tenant_id AND e.fsa_id = p_fsa_id AND e.collection = p_part ->> 'collection'
-               AND e.is_member AND e.member = ANY (v_found)
-             ORDER BY e.version DESC, lower(e.member COLLATE "C"), e.member COLLATE "C"
-             LIMIT p_k;
+    IF v_budget >= 0 AND cardinality(v_members) >= p_k THEN
+        RETURN QUERY SELECT * FROM unnest(v_members, v_values, v_versions);
         RETURN;
     END IF;
     RETURN QUERY

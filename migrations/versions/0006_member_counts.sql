@@ -84,6 +84,9 @@ CREATE OR REPLACE FUNCTION sms.put_entry(p_tenant_id text, p_fsa_id text, p_coll
                                          p_is_member boolean, p_member text, p_old jsonb, p_new jsonb,
                                          p_version bigint, OUT entry_delta bigint, OUT byte_delta bigint)
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_was text := sms.entry_status(p_old);
+    v_is  text := sms.entry_status(p_new);
 BEGIN
     entry_delta := 0;
     byte_delta := coalesce(octet_length(p_new::text), 0) - coalesce(octet_length(p_old::text), 0);
@@ -112,13 +115,13 @@ BEGIN
         -- (the marker row above already has the collection's latest change)
         INSERT INTO sms.member_counts AS c (tenant_id, fsa_id, collection, family, members, statuses, version)
         SELECT p_tenant_id, p_fsa_id, p_collection, f.family, entry_delta,
-               sms.tally(sms.tally('{}', sms.entry_status(p_old), -1), sms.entry_status(p_new), 1), p_version
-          FROM (VALUES (''), (sms.key_family(p_member))) f(family)
-         WHERE f.family <> ''
-            OR (f.family = '' AND (entry_delta <> 0 OR sms.entry_status(p_old) IS DISTINCT FROM sms.entry_status(p_new)))
+               sms.tally(sms.tally('{}', v_was, -1), v_is, 1), p_version
+          FROM (VALUES (CASE WHEN entry_delta <> 0 OR v_was IS DISTINCT FROM v_is THEN '' END),
+                       (sms.key_family(p_member))) f(family)
+         WHERE f.family IS NOT NULL
         ON CONFLICT (tenant_id, fsa_id, collection, family) DO UPDATE
            SET members = c.members + EXCLUDED.members,
-               statuses = sms.tally(sms.tally(c.statuses, sms.entry_status(p_old), -1), sms.entry_status(p_new), 1),
+               statuses = sms.tally(sms.tally(c.statuses, v_was, -1), v_is, 1),
                version = EXCLUDED.version;
     END IF;
     IF p_new IS DISTINCT FROM p_old THEN
@@ -309,9 +312,9 @@ BEGIN
             v_out := v_out || jsonb_build_object('spec', v_part, 'collection', v_keys[1], 'whole', false,
                 'path', to_jsonb(v_keys[3:]), 'member', NULL, 'pattern', v_pattern,
                 'lo', v_prefix, 'hi', sms.next_prefix(v_prefix),
-                'family', CASE WHEN v_pattern = '%' THEN ''
-                               WHEN v_pattern = regexp_replace(v_prefix, '([\\%_])', '\\\1', 'g') || '%'
-                                AND sms.key_family(v_prefix) = v_prefix THEN v_prefix END);
+                'family', CASE WHEN v_glob = '*' THEN ''
+                               WHEN v_glob = v_prefix || '*' AND sms.key_family(v_prefix) = v_prefix THEN v_prefix
+                          END);
         ELSE
             v_out := v_out || jsonb_build_object('spec', v_part, 'collection', v_keys[1], 'whole', false,
                 'path', to_jsonb(v_keys[3:]), 'member', v_keys[2],

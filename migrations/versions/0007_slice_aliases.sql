@@ -99,9 +99,9 @@ BEGIN
             v_out := v_out || jsonb_build_object('spec', v_part, 'collection', v_keys[1], 'whole', false,
                 'path', to_jsonb(v_keys[3:]), 'member', NULL, 'pattern', v_pattern,
                 'lo', v_prefix, 'hi', sms.next_prefix(v_prefix),
-                'family', CASE WHEN v_pattern = '%' THEN ''
-                               WHEN v_pattern = regexp_replace(v_prefix, '([\\%_])', '\\\1', 'g') || '%'
-                                AND sms.key_family(v_prefix) = v_prefix THEN v_prefix END);
+                'family', CASE WHEN v_glob = '*' THEN ''
+                               WHEN v_glob = v_prefix || '*' AND sms.key_family(v_prefix) = v_prefix THEN v_prefix
+                          END);
         ELSE
             v_out := v_out || jsonb_build_object('spec', v_part, 'collection', v_keys[1], 'whole', false,
                 'path', to_jsonb(v_keys[3:]), 'member', v_keys[2],
