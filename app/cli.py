@@ -1,13 +1,22 @@
-"""The `sms` command: serve, migrate, listen, demo, --version."""
+"""The `sms` command: serve, migrate, keys, policies, listen, demo, --version."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import ipaddress
+import json
 import logging
+import os
 import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from app import __version__
 from app.settings import Settings
+
+T = TypeVar("T")
 
 
 def database_url(settings: Settings) -> str:
@@ -19,6 +28,28 @@ def database_url(settings: Settings) -> str:
     return start_embedded(settings.data_dir)
 
 
+def on_database(url: str, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Runs `work(db)` on a small pool of the database as its owner (the `sms` commands manage
+    keys and policies of every tenant)."""
+    from app.db.queries import Database
+
+    async def run() -> T:
+        db = await Database.connect(url, min_size=1, max_size=1)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(args: argparse.Namespace, settings: Settings) -> None:
     import uvicorn
 
@@ -28,12 +59,87 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     url = database_url(settings)
     if settings.migrate_on_start and not args.no_migrate:
         migrate.upgrade(url)
+    settings = replace(
+        settings,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        insecure_no_auth=settings.insecure_no_auth or args.insecure_no_auth,
+    )
+    keys_exist = on_database(url, lambda db: db.keys_exist())
+    if settings.auth == "required" or keys_exist:
+        access = "API keys required"
+    elif settings.insecure_no_auth:
+        access = "WARNING: no API key exists and --insecure-no-auth is given: every client may do anything"
+    elif not _is_loopback(settings.host):
+        raise SystemExit(
+            f"sms: refusing to listen on {settings.host} while no API key exists: anyone reaching the port could "
+            "read and change every tenant's state. Make a key first (`sms keys create --tenant T --scopes admin`), "
+            "or pass --insecure-no-auth."
+        )
+    else:
+        access = "protected mode: no API key exists, so only loopback clients are served (make one: sms keys create)"
     app = create_app(settings, url)
-    host = args.host or settings.host
-    port = args.port or settings.port
     where = "embedded PostgreSQL in " + str(settings.data_dir) if not settings.database_url else "SMS_DATABASE_URL"
-    print(f"State Memory Service {__version__} on http://{host}:{port} (database: {where})", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    print(
+        f"State Memory Service {__version__} on http://{settings.host}:{settings.port} (database: {where}; {access})",
+        flush=True,
+    )
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+def run_keys(args: argparse.Namespace, settings: Settings) -> None:
+    from app.domain.keys import NewKey, highest_scope, parse_duration
+
+    url = database_url(settings)
+    if args.action == "create":
+        try:
+            key = NewKey.make(
+                args.tenant,
+                highest_scope([scope.strip() for scope in args.scopes.split(",")]),
+                actor=args.actor,
+                aml_level=args.aml,
+                expires_in=parse_duration(args.expires) if args.expires else None,
+                rate_limit=args.rate,
+                label=args.label,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"sms keys create: {exc}") from None
+        record = on_database(url, lambda db: db.create_key(key))
+        print(key.key, flush=True)  # alone on stdout, for KEY=$(sms keys create …)
+        print(f"made {_describe(record)}\nThe key is shown this once: only its hash is kept.", file=sys.stderr)
+    elif args.action == "list":
+        for record in on_database(url, lambda db: db.list_keys()):
+            print(_describe(record))
+    else:
+        record = on_database(url, lambda db: db.revoke_key(args.key_id))
+        print(f"revoked {_describe(record)}")
+
+
+def _describe(record: dict[str, Any]) -> str:
+    """One line about a key record."""
+    parts = [record["key_id"], "tenants " + ",".join(record["tenants"]), "scopes " + ",".join(record["scopes"])]
+    for name in ("actor", "aml_level", "rate_limit", "label", "expires_at", "revoked_at"):
+        if record.get(name) is not None:
+            parts.append(f"{name.replace('_', ' ')} {record[name]}")
+    return " · ".join(parts)
+
+
+def run_policies(args: argparse.Namespace, settings: Settings) -> None:
+    from app.domain.policies import PRESETS
+
+    url = database_url(settings)
+    if args.action in ("set", "apply-preset"):
+        if args.action == "apply-preset":
+            if args.source not in PRESETS:
+                raise SystemExit(f"sms policies: no preset {args.source!r} (known: {', '.join(PRESETS)})")
+            rules = PRESETS[args.source]
+        else:
+            text = sys.stdin.read() if args.source == "-" else open(args.source, encoding="utf-8").read()
+            given = json.loads(text)
+            rules = given["rules"] if isinstance(given, dict) and "rules" in given else given
+        on_database(url, lambda db: db.set_policy(args.tenant, args.fsa, rules, args.actor))
+    found = on_database(url, lambda db: db.policies(args.tenant, args.fsa))
+    print(json.dumps(found, indent=2, ensure_ascii=False))
 
 
 def run_migrate(args: argparse.Namespace, settings: Settings) -> None:
@@ -68,7 +174,8 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> None:
     from app import demo
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per request
-    report = demo.main(args.url, settings, tenant=args.tenant, fsa=args.fsa, rounds=args.rounds)
+    api_key = os.environ.get("SMS_API_KEY") or None
+    report = demo.main(args.url, settings, api_key=api_key, tenant=args.tenant, fsa=args.fsa, rounds=args.rounds)
     print(demo.render(report), flush=True)
 
 
@@ -86,7 +193,48 @@ def main(argv: list[str] | None = None) -> None:
     serve_cmd.add_argument("--host", help="address to listen on (default SMS_HOST or 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="port to listen on (default SMS_PORT or 8080)")
     serve_cmd.add_argument("--no-migrate", action="store_true", help="do not run migrations at start")
+    serve_cmd.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="while no API key exists, serve every client, not only loopback ones (also SMS_INSECURE_NO_AUTH)",
+    )
     serve_cmd.set_defaults(run=serve)
+
+    keys_cmd = commands.add_parser("keys", help="make, list and revoke API keys (on the database, as its owner)")
+    keys_actions = keys_cmd.add_subparsers(dest="action", required=True)
+    create_cmd = keys_actions.add_parser(
+        "create", help="make a key; it is printed once, alone on stdout", description="Make an API key."
+    )
+    create_cmd.add_argument("--tenant", action="append", required=True, help="a tenant it may touch (repeatable)")
+    create_cmd.add_argument(
+        "--scopes", default="read", help="read, write or admin, each allowing what the ones before allow (default read)"
+    )
+    create_cmd.add_argument("--actor", help="the actor every write made with it is logged as")
+    create_cmd.add_argument("--aml", type=int, help="the highest AML level its requests may claim")
+    create_cmd.add_argument("--expires", help="expire after this long: 30d, 12h, 15m, 2w")
+    create_cmd.add_argument("--rate", type=float, help="requests per second (default SMS_RATE_LIMIT)")
+    create_cmd.add_argument("--label", help="a note for `sms keys list`")
+    keys_actions.add_parser("list", help="every key, without the keys themselves")
+    revoke_cmd = keys_actions.add_parser("revoke", help="revoke a key by its id")
+    revoke_cmd.add_argument("key_id", help="the key's id, k_…")
+    keys_cmd.set_defaults(run=run_keys)
+
+    policies_cmd = commands.add_parser(
+        "policies", help="show or set the rules a tenant's or a state's values must keep (DESIGN §10)"
+    )
+    policies_actions = policies_cmd.add_subparsers(dest="action", required=True)
+    for name, help_text in (
+        ("show", "print the rules"),
+        ("set", 'replace the rules with those in a JSON file (- for stdin): [rule, …] or {"rules": [...]}'),
+        ("apply-preset", "replace the rules with a ready-made set: original"),
+    ):
+        action = policies_actions.add_parser(name, help=help_text)
+        if name != "show":
+            action.add_argument("source", help="the preset's name" if name == "apply-preset" else "a JSON file or -")
+        action.add_argument("--tenant", required=True, help="the tenant")
+        action.add_argument("--fsa", help="one state of it (default: the tenant's defaults for every state)")
+        action.add_argument("--actor", help="who changes them, for the record")
+    policies_cmd.set_defaults(run=run_policies)
 
     migrate_cmd = commands.add_parser("migrate", help="upgrade the database schema (alembic)")
     migrate_cmd.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
@@ -108,7 +256,11 @@ def main(argv: list[str] | None = None) -> None:
     demo_cmd = commands.add_parser(
         "demo", help="seed a project state and run five agents on it with the client; print what slices save"
     )
-    demo_cmd.add_argument("--url", help="a running service (default: serve the app here on the configured database)")
+    demo_cmd.add_argument(
+        "--url",
+        help="a running service, with an admin key in SMS_API_KEY if it wants keys (default: serve the app here "
+        "on the configured database)",
+    )
     demo_cmd.add_argument("--tenant", default="demo", help="tenant id (default demo)")
     demo_cmd.add_argument("--fsa", default="launch", help="state id; its state is replaced (default launch)")
     demo_cmd.add_argument("--rounds", type=int, default=5, help="rounds each agent reads and writes (default 5)")

@@ -4,9 +4,10 @@
         view = await sms.get_slice("acme", "launch", "task:DESIGN_*", k=5)
         await sms.apply_delta("acme", "launch", {"tasks.DESIGN_001.status": "DONE"}, actor="DesignBot")
 
-Every request is safe to retry, so transient failures (connection errors, timeouts, 502/503/504)
-are retried with capped exponential backoff and jitter: writes carry an idempotency key
-(generated when none is given), reused on every retry, so a retried write applies once. Numbers
+Every request is safe to retry, so transient failures (connection errors, timeouts, 502/503/504,
+and 429 after its Retry-After) are retried with capped exponential backoff and jitter: writes carry
+an idempotency key (generated when none is given), reused on every retry, so a write answered 503
+— which may have been applied before the connection was lost — applies exactly once. Numbers
 are exact both ways (decimals are `Decimal`). Errors are typed exceptions built from the
 service's problem+json; a call never returns None. `SyncStateMemoryClient` is the blocking form.
 """
@@ -29,7 +30,7 @@ import msgspec
 from app import __version__
 from app.domain import jsontext
 
-RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 BACKOFF_BASE = 0.1  # seconds before the first retry; doubled on each next one
 BACKOFF_CAP = 2.0
@@ -64,6 +65,26 @@ class ValidationError(StateMemoryError):
     """422 or 400: the request is malformed or the delta is invalid; nothing was applied."""
 
 
+class PolicyViolationError(ValidationError):
+    """422: the delta breaks a policy rule; nothing was applied. `violations` lists each rule."""
+
+    @property
+    def violations(self) -> list[dict[str, Any]]:
+        return self.body.get("violations", []) if isinstance(self.body, dict) else []
+
+
+class AuthenticationError(StateMemoryError):
+    """401: the API key is missing, unknown, revoked or expired."""
+
+
+class PermissionDeniedError(StateMemoryError):
+    """403: the key's scope does not allow this (or the service is in protected mode)."""
+
+
+class RateLimitedError(StateMemoryError):
+    """429: the key's rate limit held through every retry."""
+
+
 class NotFoundError(StateMemoryError):
     """404: no such route."""
 
@@ -78,6 +99,9 @@ class ServiceUnavailableError(StateMemoryError):
 
 _ERRORS: dict[int, type[StateMemoryError]] = {
     400: ValidationError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    429: RateLimitedError,
     422: ValidationError,
     404: NotFoundError,
     409: ConflictError,
@@ -174,35 +198,44 @@ def _error(response: httpx.Response) -> StateMemoryError:
     else:
         detail, problem_type = response.text[:200] or response.reason_phrase, None
     error = _ERRORS.get(response.status_code, StateMemoryError)
+    if problem_type == "urn:sms:problem:policy-violation":
+        error = PolicyViolationError
     return error(detail, status=response.status_code, type=problem_type, body=body)
 
 
-def _backoff(attempt: int) -> float:
+def _backoff(attempt: int, response: httpx.Response | None = None) -> float:
+    """Seconds before the next attempt: what Retry-After asks (capped), else capped exponential."""
+    asked = response.headers.get("retry-after", "") if response is not None else ""
+    if asked.isdigit():
+        return min(BACKOFF_CAP * 5, float(asked))
     return min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
 
 
 class StateMemoryClient:
     """The service's API as async methods. Use as `async with`, or call `aclose()` when done.
 
-    `transport` and `headers` are handed to httpx (a custom transport, auth headers, …);
-    `retries` is how many times a transient failure is retried after the first attempt.
+    `api_key` is sent as `Authorization: Bearer`; `transport` and `headers` are handed to httpx
+    (a custom transport, more headers, …); `retries` is how many times a transient failure is
+    retried after the first attempt.
     """
 
     def __init__(
         self,
         base_url: str,
         *,
+        api_key: str | None = None,
         timeout: float = 10.0,
         retries: int = 3,
         transport: httpx.AsyncBaseTransport | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.retries = retries
+        auth = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             timeout=timeout,
             transport=transport,
-            headers={"user-agent": f"sms-client/{__version__}", **(headers or {})},
+            headers={"user-agent": f"sms-client/{__version__}", **auth, **(headers or {})},
         )
 
     async def __aenter__(self) -> StateMemoryClient:
@@ -301,6 +334,42 @@ class StateMemoryClient:
         params = {"tenant_id": tenant, "fsa_id": fsa}
         return await self._request("POST", "/validate/delta", params=params, content=jsontext.encode(delta))
 
+    async def get_policies(self, tenant: str, fsa: str | None = None) -> dict[str, Any]:
+        """A state's rules and the tenant's defaults ({"rules", "defaults"}), or with no fsa the
+        tenant's defaults ({"rules"}). Needs an admin key."""
+        path = _state_path(tenant, fsa, "/policies") if fsa is not None else f"/tenants/{_segment(tenant)}/policies"
+        return await self._request("GET", path)
+
+    async def set_policies(self, tenant: str, fsa: str | None, rules: list[dict[str, Any]]) -> dict[str, Any]:
+        """Replace a state's rules (fsa None: the tenant's defaults); the rules after. Needs an admin key."""
+        path = _state_path(tenant, fsa, "/policies") if fsa is not None else f"/tenants/{_segment(tenant)}/policies"
+        return await self._request("PUT", path, content=jsontext.encode({"rules": rules}))
+
+    async def create_key(
+        self,
+        tenants: list[str],
+        scopes: list[str],
+        *,
+        actor: str | None = None,
+        aml_level: int | None = None,
+        expires_in: str | None = None,
+        rate_limit: float | None = None,
+        label: str | None = None,
+    ) -> dict[str, Any]:
+        """Make an API key (needs an admin key); the answer's `key` is the key itself, shown once."""
+        given = {"tenants": tenants, "scopes": scopes, "actor": actor, "aml_level": aml_level}
+        given |= {"expires_in": expires_in, "rate_limit": rate_limit, "label": label}
+        body = {name: value for name, value in given.items() if value is not None}
+        return await self._request("POST", "/keys", content=jsontext.encode(body))
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        """The keys this (admin) key may manage, without the keys themselves."""
+        return (await self._request("GET", "/keys"))["keys"]
+
+    async def revoke_key(self, key_id: str) -> dict[str, Any]:
+        """Revoke a key by its id (k_…)."""
+        return await self._request("DELETE", f"/keys/{_segment(key_id)}")
+
     async def deltas(self, tenant: str, fsa: str, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
         """The delta log after version `since`, oldest first: all of it, or the first `limit` deltas."""
         collected: list[dict[str, Any]] = []
@@ -397,6 +466,7 @@ class StateMemoryClient:
             headers = {"content-type": "application/json", **(headers or {})}
         attempt = 0
         while True:
+            response = None
             try:
                 response = await self._http.request(method, path, params=params, content=content, headers=headers)
             except TRANSIENT_ERRORS as exc:
@@ -407,7 +477,7 @@ class StateMemoryClient:
             else:
                 if response.status_code not in RETRY_STATUSES or attempt >= self.retries:
                     break
-            await asyncio.sleep(_backoff(attempt))
+            await asyncio.sleep(_backoff(attempt, response))
             attempt += 1
         if not response.is_success:
             raise _error(response)

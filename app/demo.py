@@ -20,12 +20,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
 
 from app.client import ConflictError, StateMemoryClient, StateSlice
+from app.domain.keys import NewKey
 from app.settings import Settings
 
 PHASES = ("DESIGN", "IMPLEMENT", "TEST", "DEPLOY", "MONITOR")
@@ -280,9 +282,9 @@ async def _timed(call: Awaitable[Any]) -> tuple[Any, float]:
     return result, (time.perf_counter() - start) * 1000
 
 
-async def _run_agent(agent: Agent, base_url: str, tenant: str, fsa: str, rounds: int) -> None:
+async def _run_agent(agent: Agent, base_url: str, api_key: str | None, tenant: str, fsa: str, rounds: int) -> None:
     """The agent's loop: read its slice, write what follows from it."""
-    async with StateMemoryClient(base_url) as sms:
+    async with StateMemoryClient(base_url, api_key=api_key) as sms:
         for round_no in range(rounds):
             view = await agent.read(sms, tenant, fsa)
             for delta in agent.deltas(view, round_no):
@@ -340,16 +342,19 @@ def _checks(
     }
 
 
-async def run_demo(base_url: str, *, tenant: str = "demo", fsa: str = "launch", rounds: int = 5) -> DemoReport:
+async def run_demo(
+    base_url: str, *, api_key: str | None = None, tenant: str = "demo", fsa: str = "launch", rounds: int = 5
+) -> DemoReport:
     """Seed the state, run the five agents concurrently for `rounds`, probe the summary cache,
-    check the result; the measurements and checks as data."""
+    check the result; the measurements and checks as data. `api_key` needs the admin scope (the
+    demo replaces the state)."""
     seed = seed_state()
     lineage = f"demo-{uuid.uuid4().hex[:8]}"
     agents = make_agents(lineage)
     meter = ByteMeter()
-    async with StateMemoryClient(base_url, transport=meter) as sms:
+    async with StateMemoryClient(base_url, api_key=api_key, transport=meter) as sms:
         seeded = await sms.replace_state(tenant, fsa, seed, actor="demo", lineage_id=lineage)
-        await asyncio.gather(*(_run_agent(agent, base_url, tenant, fsa, rounds) for agent in agents))
+        await asyncio.gather(*(_run_agent(agent, base_url, api_key, tenant, fsa, rounds) for agent in agents))
         final = await sms.get_state(tenant, fsa)
         state_bytes = meter.last
         for agent in agents:
@@ -395,20 +400,32 @@ async def local_service(settings: Settings, database_url: str) -> AsyncIterator[
         sock.close()
 
 
-def main(url: str | None, settings: Settings, *, tenant: str, fsa: str, rounds: int) -> DemoReport:
-    """The demo against `url`, or else against the app served here on the configured database
-    (SMS_DATABASE_URL, or the embedded PostgreSQL), migrated first."""
+def main(url: str | None, settings: Settings, *, api_key: str | None, tenant: str, fsa: str, rounds: int) -> DemoReport:
+    """The demo against `url` (with `api_key`, when the service wants keys), or else against the
+    app served here on the configured database (SMS_DATABASE_URL, or the embedded PostgreSQL),
+    migrated first; there, once keys exist, with a key of its own for the tenant, revoked after."""
     if url:
-        return asyncio.run(run_demo(url, tenant=tenant, fsa=fsa, rounds=rounds))
+        return asyncio.run(run_demo(url, api_key=api_key, tenant=tenant, fsa=fsa, rounds=rounds))
     from app.cli import database_url
     from app.db import migrate
+    from app.db.queries import Database
 
     db_url = database_url(settings)
     migrate.upgrade(db_url)
 
     async def served() -> DemoReport:
-        async with local_service(settings, db_url) as base_url:
-            return await run_demo(base_url, tenant=tenant, fsa=fsa, rounds=rounds)
+        owner = await Database.connect(db_url, min_size=1, max_size=1)
+        key = None
+        try:
+            if await owner.keys_exist():
+                key = NewKey.make([tenant], "admin", rate_limit=1e6, label="sms demo", expires_in=timedelta(hours=1))
+                await owner.create_key(key)
+            async with local_service(settings, db_url) as base_url:
+                return await run_demo(base_url, api_key=key and key.key, tenant=tenant, fsa=fsa, rounds=rounds)
+        finally:
+            if key is not None:
+                await owner.revoke_key(key.key_id)
+            await owner.close()
 
     return asyncio.run(served())
 

@@ -24,6 +24,12 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
     "SM008": (409, "append-only", "The delta log is append-only"),
     "SM010": (404, "not-found", "Not found"),
     "SM009": (400, "invalid-slice", "The slice request is invalid"),
+    "SM011": (422, "policy-violation", "The delta breaks a policy"),
+    "SM012": (422, "invalid-policy", "The rule or key is invalid"),
+    "SM013": (403, "forbidden", "Not allowed"),
+    # a statement reached rows of a tenant its transaction does not act for (row-level security):
+    # the same answer as for anything that is not there
+    "42501": (404, "not-found", "Not found"),
     "42601": (400, "invalid-predicate", "The where predicate is not valid SQL/JSON path"),
     "2201B": (400, "invalid-predicate", "A regular expression in the predicate is invalid"),
     "22003": (422, "number-out-of-range", "A number is out of range"),
@@ -43,14 +49,17 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
 
 
 class Problem(Exception):
-    """An error with an HTTP status, a stable type and a human detail."""
+    """An error with an HTTP status, a stable type, a human detail and response headers."""
 
-    def __init__(self, status: int, slug: str, title: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self, status: int, slug: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.slug = slug
         self.title = title
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
 
     @property
@@ -86,6 +95,23 @@ def invalid_id(detail: str, **extra: Any) -> Problem:
 
 def invalid_slice(detail: str) -> Problem:
     return Problem(400, "invalid-slice", "The slice request is invalid", detail)
+
+
+def not_found(detail: str = "there is nothing here") -> Problem:
+    return Problem(404, "not-found", "Not found", detail)
+
+
+def policy_violation(result: dict[str, Any]) -> Problem:
+    """The 422 of a delta a policy refused (a refusal sms.apply_ops returned)."""
+    return Problem(
+        422,
+        "policy-violation",
+        "The delta breaks a policy",
+        result["message"],
+        violations=result["violations"],
+        current_version=result["version"],
+        refusal_id=result["refusal_id"],
+    )
 
 
 def database_unavailable(detail: str = "the database is unavailable") -> Problem:

@@ -99,11 +99,14 @@ class Feed:
         since: int | str | None = None,
         slice_spec: str | None = None,
         idle_timeout: float | None = None,
+        db: Database | None = None,
     ) -> AsyncIterator[Change | None]:
         """Changes after `since` — a version for one state, or an event id ("fsa:version") for a
         tenant — oldest first, then live. With `slice_spec`, only changes that touch the slice.
-        With `idle_timeout`, yields None after that many idle seconds (for keep-alives)."""
-        position = await self.position(tenant_id, fsa_id, since)
+        With `idle_timeout`, yields None after that many idle seconds (for keep-alives). `db`
+        reads the log (the HTTP service's acts for the request's key); the feed's own by default."""
+        db = db or self.db
+        position = await self.position(tenant_id, fsa_id, since, db)
         wakeup = self.listener.register(tenant_id, fsa_id)
         clock = asyncio.get_running_loop().time
         last_sent = clock()
@@ -112,7 +115,7 @@ class Feed:
             while True:
                 wakeup.event.clear()
                 try:
-                    rows = await self.db.read_feed(
+                    rows = await db.read_feed(
                         tenant_id, fsa_id, position.tx_id, position.fsa_id, position.version, slice_spec, self.batch
                     )
                 except Problem as problem:
@@ -155,13 +158,16 @@ class Feed:
             return retry * 2 if retry * 2 < self.poll_interval else 0.0
         return 0.0
 
-    async def position(self, tenant_id: str, fsa_id: str | None, since: int | str | None) -> Position:
+    async def position(
+        self, tenant_id: str, fsa_id: str | None, since: int | str | None, db: Database | None = None
+    ) -> Position:
         """The position after `since`; a Problem (400) when it names no delta."""
+        db = db or self.db
         if since is None or since == 0 or since == "0" or since == "":
             return Position()
         if fsa_id is not None:
             version = since if isinstance(since, int) else _version(str(since).rsplit(":", 1)[-1])
-            current = await self.db.current_version(tenant_id, fsa_id)
+            current = await db.current_version(tenant_id, fsa_id)
             if version > current:
                 raise Problem(
                     400,
@@ -172,7 +178,7 @@ class Feed:
                 )
             return Position(version=version)
         state, _, version = str(since).rpartition(":")
-        tx_id = await self.db.delta_tx_id(tenant_id, state, _version(version)) if state else None
+        tx_id = await db.delta_tx_id(tenant_id, state, _version(version)) if state else None
         if tx_id is None:
             raise Problem(
                 400,

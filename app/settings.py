@@ -19,6 +19,21 @@ def _int(name: str, default: int) -> int:
         raise SystemExit(f"{name} must be an integer, not {raw!r}") from None
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, not {raw!r}") from None
+
+
+def _list(name: str) -> tuple[str, ...]:
+    """A comma-separated list."""
+    return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
+
+
 def _bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if raw == "":
@@ -28,6 +43,13 @@ def _bool(name: str, default: bool) -> bool:
     if raw in {"0", "false", "no", "off"}:
         return False
     raise SystemExit(f"{name} must be true or false, not {raw!r}")
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -53,12 +75,14 @@ class Limits:
 
 @dataclass(frozen=True)
 class Settings:
-    """Where the database is, where to listen, and the limits.
+    """Where the database is, where to listen, who may do what, and the limits.
 
-    With no `database_url` the service starts an embedded PostgreSQL in `data_dir`.
+    With no `database_url` the service starts an embedded PostgreSQL in `data_dir`. Its requests
+    run as `api_database_url` (default: `database_url` as the role sms_api, without a password).
     """
 
     database_url: str | None = None
+    api_database_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("sms")))
@@ -70,6 +94,12 @@ class Settings:
     keepalive_seconds: float = 15.0  # SSE keep-alive comments on an idle feed
     feed_poll_seconds: float = 5.0  # subscribers re-read the log this often even without NOTIFY
     snapshot_every: int = 1000  # versions between snapshots: the most an old-version read overlays
+    auth: str = "auto"  # "auto": keys once any exists, loopback only until then; "required": keys always
+    insecure_no_auth: bool = False  # with no key made, answer every client (not only loopback)
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bound address; "*": any
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS is off without any)
+    rate_limit: float = 100.0  # requests per second per key, bursts of twice that (0: no limit)
+    key_cache_seconds: float = 5.0  # how long a process trusts what it read of a key (revocation delay)
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -77,6 +107,7 @@ class Settings:
         data_dir = os.environ.get("SMS_DATA_DIR")
         return cls(
             database_url=os.environ.get("SMS_DATABASE_URL") or None,
+            api_database_url=os.environ.get("SMS_API_DATABASE_URL") or None,
             host=os.environ.get("SMS_HOST", cls.host),
             port=_int("SMS_PORT", cls.port),
             data_dir=Path(data_dir) if data_dir else Path(platformdirs.user_data_dir("sms")),
@@ -88,5 +119,11 @@ class Settings:
             keepalive_seconds=_int("SMS_KEEPALIVE_SECONDS", int(cls.keepalive_seconds)),
             feed_poll_seconds=_int("SMS_FEED_POLL_SECONDS", int(cls.feed_poll_seconds)),
             snapshot_every=_int("SMS_SNAPSHOT_EVERY", cls.snapshot_every),
+            auth=_choice("SMS_AUTH", cls.auth, ("auto", "required")),
+            insecure_no_auth=_bool("SMS_INSECURE_NO_AUTH", cls.insecure_no_auth),
+            allowed_hosts=_list("SMS_ALLOWED_HOSTS"),
+            cors_origins=_list("SMS_CORS_ORIGINS"),
+            rate_limit=_float("SMS_RATE_LIMIT", cls.rate_limit),
+            key_cache_seconds=_float("SMS_KEY_CACHE_SECONDS", cls.key_cache_seconds),
             limits=Limits.from_env(),
         )

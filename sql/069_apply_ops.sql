@@ -1,19 +1,15 @@
 -- sms.apply_ops(...): applies normalised ops and preconditions (see sms.normalize_delta) to the
--- state (tenant_id, fsa_id); the engine behind sms.apply_delta and sms.replace_state, and what a
--- replay of the log calls with each logged row's ops. Ops are trusted to be normalised (as in
--- sms.deltas.ops); use sms.apply_delta for anything else. Returns {"success": true, "version",
--- "delta_id", "changed": [paths], "duplicate"}.
--- Guarantees:
---   * atomic: the entries, the log row and the NOTIFY commit together or not at all;
---   * serial per state: sms.lock_state serialises writers, versions are gap-free (v = previous + 1);
---   * idempotent: a known delta_id returns the first result and applies nothing (SM005 if the
---     same id comes with different ops);
---   * optimistic concurrency: p_expected_version and the preconditions are checked under the lock
---     (SM003 / SM004, reporting the current version and values);
---   * a type mismatch (SM002) applies nothing;
---   * exactly one NOTIFY on channel sms_changes with ids only (< 1 KB), unless the setting
---     sms.notify is 'off';
---   * every sms.snapshot_every() versions, a snapshot (sms.take_snapshot).
+-- state (tenant_id, fsa_id); the engine behind sms.apply_delta, sms.replace_state, sms.rollback and
+-- sms.heartbeat, and what a replay of the log calls with each logged row's ops. Ops are trusted to
+-- be normalised (as in sms.deltas.ops); use sms.apply_delta for anything else. Returns
+-- {"success": true, "version", "delta_id", "changed": [paths], "duplicate"}, with every guarantee
+-- of sms.append_delta (atomic, serial per state, gap-free versions, idempotent, one NOTIFY).
+-- Policies (DESIGN §10): the rules that concern the ops' paths (sms.policy_targets, at the AML
+-- level in meta.aml_level) are checked on the values the delta produces, in the same transaction.
+-- A delta that breaks one is undone (a savepoint, taken only when some rule concerns it), uses no
+-- version, is not logged and notifies nobody; it is recorded in sms.refusals, and the answer is
+-- {"success": false, "refused": true, "error": "policy-violation", "message", "violations",
+-- "version", "refusal_id"} — returned, not raised, so that the record of the refusal commits.
 CREATE OR REPLACE FUNCTION sms.apply_ops(
     p_tenant_id        text,
     p_fsa_id           text,
@@ -29,16 +25,10 @@ CREATE OR REPLACE FUNCTION sms.apply_ops(
 ) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_ops         jsonb := p_ops;
-    v_version     bigint;
-    v_prior       sms.deltas;
-    v_failed      jsonb;
-    v_op          jsonb;
-    v_entries     bigint := 0;
-    v_bytes       bigint := 0;
-    v_paths       text[];
-    v_collections text[];
-    v_payload     text;
+    v_targets jsonb;
+    v_message text;
+    v_detail  jsonb;
+    v_refusal sms.refusals;
 BEGIN
     PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, '')),
             sms.check_id('actor', p_actor), sms.check_id('lineage_id', p_lineage_id),
@@ -47,83 +37,24 @@ BEGIN
         PERFORM sms.raise_invalid('meta', 'meta must be a JSON object');
     END IF;
 
-    v_version := sms.lock_state(p_tenant_id, p_fsa_id);
-
-    IF p_delta_id IS NOT NULL THEN
-        SELECT * INTO v_prior FROM sms.deltas
-         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND delta_id = p_delta_id;
-        IF FOUND THEN
-            IF v_prior.ops <> v_ops THEN
-                RAISE EXCEPTION USING ERRCODE = 'SM005',
-                    MESSAGE = format('delta_id %s was already used for a different delta (version %s)',
-                                     p_delta_id, v_prior.version),
-                    DETAIL = jsonb_build_object('delta_id', p_delta_id, 'version', v_prior.version)::text;
-            END IF;
-            RETURN jsonb_build_object('success', true, 'version', v_prior.version, 'delta_id', v_prior.delta_id,
-                                      'changed', to_jsonb(v_prior.paths), 'duplicate', true);
-        END IF;
+    v_targets := sms.policy_targets(p_tenant_id, p_fsa_id, p_ops, sms.aml_level(p_meta));
+    IF v_targets IS NULL THEN
+        RETURN sms.append_delta(p_tenant_id, p_fsa_id, p_ops, p_expect, p_actor, p_lineage_id, p_delta_id,
+                                p_expected_version, p_meta, p_trace_id, p_parent_id);
     END IF;
-
-    IF p_expected_version IS NOT NULL AND p_expected_version <> v_version THEN
-        RAISE EXCEPTION USING ERRCODE = 'SM003',
-            MESSAGE = format('expected version %s, but the state is at version %s', p_expected_version, v_version),
-            DETAIL = jsonb_build_object('current_version', v_version,
-                                        'current', sms.read_paths(p_tenant_id, p_fsa_id, v_ops))::text;
-    END IF;
-
-    SELECT jsonb_agg(sms.format_path(k)) INTO v_failed
-      FROM jsonb_array_elements(coalesce(p_expect, '[]')) e,
-           LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(e -> 'path'))) p(k),
-           LATERAL sms.read_path(p_tenant_id, p_fsa_id, k) cur
-     WHERE CASE WHEN e ? 'exists' THEN (cur IS NOT NULL) <> (e ->> 'exists')::boolean
-                ELSE cur IS DISTINCT FROM e -> 'value' END;
-    IF v_failed IS NOT NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'SM004',
-            MESSAGE = format('$expect failed at %s', (SELECT string_agg(format('"%s"', f), ', ')
-                                                       FROM jsonb_array_elements_text(v_failed) f)),
-            DETAIL = jsonb_build_object('current_version', v_version, 'failed', v_failed,
-                                        'current', sms.read_paths(p_tenant_id, p_fsa_id, p_expect))::text;
-    END IF;
-
-    v_version := v_version + 1;
-    FOR v_op IN SELECT value FROM jsonb_array_elements(v_ops) LOOP
-        SELECT v_entries + w.entry_delta, v_bytes + w.byte_delta INTO v_entries, v_bytes
-          FROM sms.write_op(p_tenant_id, p_fsa_id, v_version, v_op) w;
-    END LOOP;
-
-    SELECT array_agg(sms.format_path(k) ORDER BY n), array_agg(DISTINCT k[1])
-      INTO v_paths, v_collections
-      FROM jsonb_array_elements(v_ops) WITH ORDINALITY o(op, n),
-           LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(op -> 'path'))) p(k);
-
-    INSERT INTO sms.deltas (tenant_id, fsa_id, version, delta_id, actor, lineage_id, trace_id, parent_id,
-                            meta, ops, paths, collections)
-    VALUES (p_tenant_id, p_fsa_id, v_version, coalesce(p_delta_id, gen_random_uuid()), p_actor, p_lineage_id,
-            p_trace_id, p_parent_id, coalesce(p_meta, '{}'), v_ops, v_paths, v_collections)
-    RETURNING * INTO v_prior;
-
-    UPDATE sms.states
-       SET version = v_version, updated_at = now(),
-           entry_count = entry_count + v_entries, content_bytes = content_bytes + v_bytes
-     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id;
-
-    IF v_version % sms.snapshot_every() = 0 THEN
-        PERFORM sms.take_snapshot(p_tenant_id, p_fsa_id, v_version);
-    END IF;
-
-    IF coalesce(current_setting('sms.notify', true), '') <> 'off' THEN
-        v_payload := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
-                                        'delta_id', v_prior.delta_id, 'actor', p_actor,
-                                        'lineage_id', p_lineage_id, 'collections', to_jsonb(v_collections))::text;
-        IF octet_length(v_payload) > 1000 THEN
-            -- many or long collection names: send ids only; subscribers read the rest from the log
-            v_payload := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
-                                            'delta_id', v_prior.delta_id, 'truncated', true)::text;
-        END IF;
-        PERFORM pg_notify('sms_changes', v_payload);
-    END IF;
-
-    RETURN jsonb_build_object('success', true, 'version', v_version, 'delta_id', v_prior.delta_id,
-                              'changed', to_jsonb(v_paths), 'duplicate', false);
+    BEGIN
+        RETURN sms.append_delta(p_tenant_id, p_fsa_id, p_ops, p_expect, p_actor, p_lineage_id, p_delta_id,
+                                p_expected_version, p_meta, p_trace_id, p_parent_id, v_targets);
+    EXCEPTION WHEN SQLSTATE 'SM011' THEN
+        GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
+    END;
+    INSERT INTO sms.refusals (tenant_id, fsa_id, version, delta_id, actor, lineage_id, trace_id, aml_level, meta, ops,
+                              violations)
+    VALUES (p_tenant_id, p_fsa_id, (v_detail ->> 'current_version')::bigint, p_delta_id, p_actor, p_lineage_id, p_trace_id,
+            sms.aml_level(p_meta), coalesce(p_meta, '{}'), p_ops, v_detail -> 'violations')
+    RETURNING * INTO v_refusal;
+    RETURN jsonb_build_object('success', false, 'refused', true, 'error', 'policy-violation', 'message', v_message,
+                              'violations', v_refusal.violations, 'version', v_refusal.version,
+                              'refusal_id', v_refusal.refusal_id);
 END;
 $$;

@@ -23,6 +23,7 @@ import asyncpg
 import psycopg
 import pytest
 import uvicorn
+from helpers import service_settings
 from litestar.testing import AsyncTestClient
 from pytest_postgresql.janitor import DatabaseJanitor
 
@@ -122,7 +123,7 @@ def empty_database_url(pg_server: Server) -> Iterator[str]:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, pool_min_size=1, pool_max_size=60)
+    return service_settings(database_url, pool_min_size=1, pool_max_size=60)
 
 
 @pytest.fixture

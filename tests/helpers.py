@@ -15,11 +15,20 @@ from typing import Any
 
 import asyncpg
 
+from app.settings import Settings
+
+TEST_HOST = "testserver.local"  # the Host header of Litestar's test client
 TENANT = "t"
 FSA = "f"
 CHANNEL = "sms_changes"
 PROBLEM_JSON = "application/problem+json"
 NOTIFY_WAIT_SECONDS = 15.0
+
+
+def service_settings(database_url: str, **changes: Any) -> Settings:
+    """The service as most tests run it: no key made, and every client served (the test client is
+    no loopback client). tests/test_auth.py and tests/test_browsers.py test who may do what."""
+    return Settings(database_url=database_url, insecure_no_auth=True, allowed_hosts=(TEST_HOST,), **changes)
 
 
 async def apply_delta(

@@ -268,7 +268,7 @@ async def test_original_clients_contract(client, conn):
     assert response.json()["success"] is True
     [row] = await log_rows(conn)
     assert (row["actor"], row["lineage_id"]) == ("DesignBot", "L1")
-    assert row["meta"] == {"pillar": "design", "aml_level": "0"}
+    assert row["meta"] == {"pillar": "design", "aml_level": 0}  # the level its policies were checked at
     assert (await read(client))["state"] == {
         "tasks": {"DESIGN_001": {"status": "DONE"}},
         "metrics": {"design_progress": 0.25},

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 import asyncpg
 import pytest
 import pytest_asyncio
+from helpers import service_settings
 from litestar.testing import AsyncTestClient
 
 from app.api.app import create_app
-from app.settings import Limits, Settings
+from app.settings import Limits
 
 DELTA = "/state/{t}/f/delta"  # {t}: the tenant each case seeds
 SEED = {"a": {"b": 1}, "s": "text", "n": 1, "list": [1, 2]}
@@ -280,7 +281,7 @@ def shared_database_url(pg_server, template_db) -> Iterator[str]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared(shared_database_url) -> AsyncIterator[tuple[AsyncTestClient, asyncpg.Connection]]:
-    settings = Settings(database_url=shared_database_url, pool_min_size=1, pool_max_size=4)
+    settings = service_settings(shared_database_url, pool_min_size=1, pool_max_size=4)
     connection = await asyncpg.connect(shared_database_url)
     try:
         async with AsyncTestClient(app=create_app(settings, shared_database_url)) as test_client:

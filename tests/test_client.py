@@ -132,7 +132,7 @@ async def test_metadata_and_idempotency_key(sms):
     assert caught.value.type == "urn:sms:problem:idempotency-key-reused" and caught.value.current_version is None
     [logged] = await sms.deltas(T, F)
     assert (logged["actor"], logged["lineage_id"], logged["delta_id"]) == ("DesignBot", "sprint-7", key)
-    assert logged["meta"] == {"pillar": "delivery", "aml_level": "2"}
+    assert logged["meta"] == {"pillar": "delivery", "aml_level": 2}  # the level policies saw
     assert (await sms.get_state(T, F)).state == {"x": 1}
 
 

@@ -22,7 +22,8 @@ from app.db.sqlfiles import current_sql
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Everything in schema sms that a migration could get wrong, each as sorted rows.
+# Everything in schema sms that a migration could get wrong, each as sorted rows. ACLs are compared
+# with NULL read as the owner's default, which is what it means (a REVOKE leaves it spelled out).
 CATALOG = {
     "schemas": """
         SELECT nspname, pg_get_userbyid(nspowner) FROM pg_namespace
@@ -30,7 +31,7 @@ CATALOG = {
     "extensions": "SELECT extname, extversion FROM pg_extension ORDER BY 1",
     "relations": """
         SELECT c.relname, c.relkind::text, c.relpersistence::text, c.relrowsecurity, c.relforcerowsecurity,
-               c.relacl::text, c.reloptions::text
+               coalesce(c.relacl, acldefault('r', c.relowner))::text, c.reloptions::text
           FROM pg_class c WHERE c.relnamespace = 'sms'::regnamespace ORDER BY 1""",
     "columns": """
         SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
@@ -49,7 +50,7 @@ CATALOG = {
           FROM pg_constraint WHERE connamespace = 'sms'::regnamespace ORDER BY 1, 2""",
     "functions": """
         SELECT p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid),
-               p.prokind::text, p.proacl::text,
+               p.prokind::text, coalesce(p.proacl, acldefault('f', p.proowner))::text,
                CASE WHEN p.prokind IN ('f', 'p') THEN pg_get_functiondef(p.oid) END
           FROM pg_proc p WHERE p.pronamespace = 'sms'::regnamespace ORDER BY 1, 2""",
     "triggers": """

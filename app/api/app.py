@@ -5,22 +5,27 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from urllib.parse import unquote_to_bytes
 
 from litestar import Litestar, Request, Response
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 
 from app import __version__
+from app.api.auth import Authenticator, authorize
 from app.api.events import EVENT_ROUTES
 from app.api.history import HISTORY_ROUTES
+from app.api.keys import KEY_ROUTES
+from app.api.policies import POLICY_ROUTES
 from app.api.routes import ROUTES
 from app.db.listener import Listener
 from app.db.queries import Database
+from app.db.roles import api_database_url
 from app.domain import jsontext
-from app.errors import Problem, invalid_id, malformed
+from app.domain.keys import Principal
+from app.errors import Problem
 from app.feed import Feed
 from app.settings import Settings
 
@@ -29,14 +34,29 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem_response(problem: Problem, headers: dict[str, str] | None = None) -> Response:
-    body = jsontext.encode(problem.to_dict())  # exact numbers in reported values
-    return Response(body, status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+RETRY_AFTER_SECONDS = "1"  # after a 503: the database is restarting, busy or out of reach
 
 
-def _on_problem(_: Request, exc: Problem) -> Response:
-    headers = {"ETag": f'"{exc.extra["current_version"]}"'} if "current_version" in exc.extra else None
-    return problem_response(exc, headers)
+def problem_response(request: Request, problem: Problem) -> Response:
+    """The problem as application/problem+json. A 503 says when to retry and, for a write, that it
+    may have been applied all the same (the commit may have happened before the connection was
+    lost): a retry with the same Idempotency-Key is safe and tells."""
+    headers = dict(problem.headers)
+    if "current_version" in problem.extra:
+        headers["ETag"] = f'"{problem.extra["current_version"]}"'
+    body = problem.to_dict()
+    if problem.status == 503:
+        headers.setdefault("Retry-After", RETRY_AFTER_SECONDS)
+        if request.method in WRITE_METHODS:
+            body["detail"] += "; the write may or may not have been applied: retry it with the same Idempotency-Key"
+            body["outcome"] = "unknown"
+    # exact numbers in reported values
+    return Response(jsontext.encode(body), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _on_problem(request: Request, exc: Problem) -> Response:
+    return problem_response(request, exc)
 
 
 _HTTP_SLUGS = {
@@ -48,7 +68,7 @@ _HTTP_SLUGS = {
 }
 
 
-def _on_http_exception(_: Request, exc: HTTPException) -> Response:
+def _on_http_exception(request: Request, exc: HTTPException) -> Response:
     slug = _HTTP_SLUGS.get(exc.status_code, "http-error")
     detail = exc.detail
     extra = exc.extra if isinstance(exc.extra, dict) else {}
@@ -56,62 +76,83 @@ def _on_http_exception(_: Request, exc: HTTPException) -> Response:
         detail = f"{detail}: " + "; ".join(
             str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in exc.extra
         )
-    problem = Problem(exc.status_code, slug, str(exc.detail), str(detail), **extra)
-    return problem_response(problem, getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None) or {}
+    return problem_response(request, Problem(exc.status_code, slug, str(exc.detail), str(detail), headers, **extra))
 
 
 def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return problem_response(Problem(500, "internal-error", "Internal error", "an unexpected error occurred"))
+    return problem_response(request, Problem(500, "internal-error", "Internal error", "an unexpected error occurred"))
 
 
-def _check_raw_path(request: Request) -> None:
-    """Checks on the path as sent, before the server decoded it. An id holding "/" (%2F) would
-    address another route, and invalid UTF-8 would be decoded lossily into another id: both
-    are refused rather than misrouted."""
-    raw = request.scope.get("raw_path", b"")
-    if b"%2f" in raw.lower():
-        raise invalid_id('ids may not contain "/" (%2F)')
-    try:
-        unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise malformed("the request path is not valid UTF-8 once percent-decoded") from None
+# Headers a browser page on a configured origin may send and read (SMS_CORS_ORIGINS).
+CORS_REQUEST_HEADERS = [
+    "authorization",
+    "x-api-key",
+    "content-type",
+    "if-match",
+    "if-none-match",
+    "idempotency-key",
+    "last-event-id",
+    "traceparent",
+    "x-actor",
+    "x-lineage-id",
+]
+CORS_RESPONSE_HEADERS = ["etag", "retry-after", "www-authenticate"]
 
 
 def create_app(settings: Settings, database_url: str) -> Litestar:
-    """The service, serving `database_url` (already migrated) within `settings`."""
+    """The service, serving `database_url` (already migrated) within `settings`. Its requests run
+    as the role of `settings.api_database_url` (default: sms_api on the same server)."""
+    api_url = settings.api_database_url or api_database_url(database_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         app.state.db = await Database.connect(
-            database_url,
+            api_url,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             statement_timeout_ms=settings.statement_timeout_ms,
             notify=settings.notify,
             snapshot_every=settings.snapshot_every,
         )
-        listener = Listener(database_url)
-        await listener.start()
-        app.state.feed = Feed(app.state.db, listener, poll_interval=settings.feed_poll_seconds)
+        listener = Listener(api_url)
         try:
+            await app.state.db.check_role()
+            await listener.start()
+            app.state.auth = Authenticator(settings, app.state.db)
+            app.state.feed = Feed(app.state.db, listener, poll_interval=settings.feed_poll_seconds)
             yield
         finally:
             await listener.stop()
             await app.state.db.close()
 
-    def provide_db(state: State) -> Database:
-        return state.db
+    def provide_db(request: Request) -> Database:
+        return request.state.db  # acting for the request's tenants (app.api.auth.authorize)
+
+    def provide_principal(request: Request) -> Principal:
+        return request.state.principal
 
     def provide_feed(state: State) -> Feed:
         return state.feed
 
+    cors = None
+    if settings.cors_origins:
+        cors = CORSConfig(
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+            allow_credentials=False,  # keys travel in headers, never in cookies
+        )
     return Litestar(
-        route_handlers=[*ROUTES, *EVENT_ROUTES, *HISTORY_ROUTES],
+        route_handlers=[*ROUTES, *EVENT_ROUTES, *HISTORY_ROUTES, *POLICY_ROUTES, *KEY_ROUTES],
         lifespan=[lifespan],
         state=State({"settings": settings}),
+        guards=[authorize],
         dependencies={
             "db": Provide(provide_db, sync_to_thread=False),
+            "principal": Provide(provide_principal, sync_to_thread=False),
             "feed": Provide(provide_feed, sync_to_thread=False),
         },
         exception_handlers={
@@ -119,7 +160,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             HTTPException: _on_http_exception,
             Exception: _on_unexpected,
         },
-        before_request=_check_raw_path,
+        cors_config=cors,
         request_max_body_size=settings.limits.max_body_bytes,
         openapi_config=OpenAPIConfig(title="State Memory Service", version=__version__),
     )

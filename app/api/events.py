@@ -17,7 +17,9 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from litestar.response import Stream
 
-from app.api.routes import FsaId, TenantId, check_ids
+from app.api.auth import READ
+from app.api.routes import Db, FsaId, TenantId, check_ids
+from app.db.queries import Database
 from app.domain import jsontext
 from app.feed import Feed
 
@@ -27,11 +29,13 @@ SliceFilter = Annotated[
 Since = Annotated[str | None, QueryParameter(description="Resume after this event id (Last-Event-ID wins)")]
 
 
-async def _check_request(feed: Feed, tenant_id: str, fsa_id: str | None, resume, slice_spec: str | None) -> None:
+async def _check_request(
+    feed: Feed, db: Database, tenant_id: str, fsa_id: str | None, resume, slice_spec: str | None
+) -> None:
     """Validate the position and the slice before the stream starts: a 400, not a broken stream."""
-    await feed.position(tenant_id, fsa_id, resume)
+    await feed.position(tenant_id, fsa_id, resume, db)
     if slice_spec is not None:
-        await feed.db.parse_slice(slice_spec)
+        await db.parse_slice(slice_spec)
 
 
 def _stream(events: AsyncIterator[bytes]) -> Stream:
@@ -43,10 +47,10 @@ def _stream(events: AsyncIterator[bytes]) -> Stream:
 
 
 async def _events(
-    feed: Feed, state: State, tenant_id: str, fsa_id: str | None, since, slice_spec
+    feed: Feed, db: Database, state: State, tenant_id: str, fsa_id: str | None, since, slice_spec
 ) -> AsyncIterator[bytes]:
     changes = feed.subscribe(
-        tenant_id, fsa_id, since=since, slice_spec=slice_spec, idle_timeout=state.settings.keepalive_seconds
+        tenant_id, fsa_id, since=since, slice_spec=slice_spec, idle_timeout=state.settings.keepalive_seconds, db=db
     )
     first = True
     try:
@@ -63,10 +67,11 @@ async def _events(
         await changes.aclose()
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/events")
+@get("/state/{tenant_id:str}/{fsa_id:str}/events", opt=READ)
 async def state_events(
     request: Request,
     feed: NamedDependency[Feed],
+    db: Db,
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,
@@ -76,14 +81,15 @@ async def state_events(
     """SSE feed of one state: every version after `since`, in order, then live."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
     resume = request.headers.get("last-event-id") or since
-    await _check_request(feed, tenant_id, fsa_id, resume, slice_spec)
-    return _stream(_events(feed, state, tenant_id, fsa_id, resume, slice_spec))
+    await _check_request(feed, db, tenant_id, fsa_id, resume, slice_spec)
+    return _stream(_events(feed, db, state, tenant_id, fsa_id, resume, slice_spec))
 
 
-@get("/events")
+@get("/events", opt=READ)
 async def tenant_events(
     request: Request,
     feed: NamedDependency[Feed],
+    db: Db,
     state: State,
     tenant: Annotated[str, QueryParameter(description="Tenant whose states to follow")],
     since: Since = None,
@@ -92,8 +98,8 @@ async def tenant_events(
     """SSE feed of every state of a tenant; event ids are `fsa:version`."""
     check_ids(state.settings, tenant=tenant)
     resume = request.headers.get("last-event-id") or since
-    await _check_request(feed, tenant, None, resume, slice_spec)
-    return _stream(_events(feed, state, tenant, None, resume, slice_spec))
+    await _check_request(feed, db, tenant, None, resume, slice_spec)
+    return _stream(_events(feed, db, state, tenant, None, resume, slice_spec))
 
 
 EVENT_ROUTES = [state_events, tenant_events]

@@ -13,7 +13,18 @@ from litestar.datastructures import State
 from litestar.params import PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
-from app.api.routes import DEFAULT_MAX_TOKENS, Db, FsaId, MaxTokens, TenantId, check_ids, json_response
+from app.api.auth import ADMIN, READ, WRITE
+from app.api.routes import (
+    DEFAULT_MAX_TOKENS,
+    Caller,
+    Db,
+    FsaId,
+    MaxTokens,
+    TenantId,
+    check_ids,
+    json_response,
+    write_response,
+)
 from app.db.queries import write_args
 from app.domain import jsontext
 from app.domain.delta import decode_body, write_meta
@@ -25,7 +36,7 @@ Version = Annotated[int, QueryParameter(ge=0, le=2**62, description="A version o
 Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="At most this many rows")]
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/history")
+@get("/state/{tenant_id:str}/{fsa_id:str}/history", opt=READ)
 async def path_history(
     db: Db,
     state: State,
@@ -59,7 +70,7 @@ async def path_history(
     return json_response(jsontext.encode(body))
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/diff")
+@get("/state/{tenant_id:str}/{fsa_id:str}/diff", opt=READ)
 async def diff(
     db: Db,
     state: State,
@@ -80,21 +91,20 @@ async def diff(
     return json_response(jsontext.encode(body))
 
 
-@post("/state/{tenant_id:str}/{fsa_id:str}/rollback", status_code=HTTP_200_OK)
+@post("/state/{tenant_id:str}/{fsa_id:str}/rollback", status_code=HTTP_200_OK, opt=ADMIN)
 async def rollback(
-    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, to_version: Version
+    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId, to_version: Version
 ) -> Response:
     """Restore the content the state had at `to_version`, as a new logged delta (with its actor,
-    lineage and NOTIFY); the log stays append-only."""
+    lineage and NOTIFY); the log stays append-only. Policies hold for it like for any delta."""
     settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     params = {k: v for k, v in request.query_params.items() if k != "to_version"}
-    meta = write_meta(params, dict(request.headers), settings.limits)
-    result = await db.call_write("rollback", *write_args(tenant_id, fsa_id, to_version, meta))
-    return json_response(result)
+    meta = principal.stamp(write_meta(params, dict(request.headers), settings.limits))
+    return write_response(await db.call_write("rollback", *write_args(tenant_id, fsa_id, to_version, meta)))
 
 
-@get("/lineage/{lineage_id:str}")
+@get("/lineage/{lineage_id:str}", opt=READ)
 async def lineage(
     db: Db,
     state: State,
@@ -107,7 +117,7 @@ async def lineage(
     return json_response(await db.lineage(tenant_id, lineage_id, limit))
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/changes")
+@get("/state/{tenant_id:str}/{fsa_id:str}/changes", opt=READ)
 async def changes(
     db: Db,
     state: State,
@@ -127,53 +137,53 @@ async def changes(
     return json_response(jsontext.encode(body))
 
 
-@post("/agents/{tenant_id:str}/{fsa_id:str}/{agent_path:path}", status_code=HTTP_200_OK)
+@post("/agents/{tenant_id:str}/{fsa_id:str}/{agent_path:path}", status_code=HTTP_200_OK, opt=WRITE)
 async def heartbeat(
-    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, agent_path: AgentPath
+    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId, agent_path: AgentPath
 ) -> Response:
     """POST /agents/{tenant}/{fsa}/{agent}/heartbeat: records agents_online.{agent} as the
-    latest time it was seen. Agent names may contain "/"."""
-    check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    latest time it was seen. Agent names may contain "/". The delta's actor is the agent, or the
+    actor the API key names."""
+    settings = state.settings
+    check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     agent, _, action = agent_path.strip("/").rpartition("/")
     if action != "heartbeat" or not agent:
         raise Problem(404, "not-found", "Not Found", "use POST /agents/{tenant}/{fsa}/{agent}/heartbeat")
-    if len(agent) > state.settings.limits.max_id_length:
-        raise invalid_id(f"agent must be 1 to {state.settings.limits.max_id_length} characters", field="agent")
-    lineage_id = request.query_params.get("lineage_id") or request.headers.get("x-lineage-id")
-    return json_response(await db.call_write("heartbeat", tenant_id, fsa_id, agent, lineage_id))
+    if len(agent) > settings.limits.max_id_length:
+        raise invalid_id(f"agent must be 1 to {settings.limits.max_id_length} characters", field="agent")
+    meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
+    result = await db.call_write(
+        "heartbeat", tenant_id, fsa_id, agent, meta.lineage_id, jsontext.encode(meta.meta).decode(), principal.actor
+    )
+    return write_response(result)
 
 
-@post("/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comment", status_code=HTTP_200_OK)
+@post("/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comment", status_code=HTTP_200_OK, opt=WRITE)
 async def add_comment(
-    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: TaskId
+    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: TaskId
 ) -> Response:
     """Comment on a task (404 when tasks.{task_id} does not exist): author, markdown body,
-    is_blocker and lineage_id as query parameters, or a JSON object with those keys, or the
-    markdown itself as a text body."""
+    is_blocker and lineage_id as query parameters, or as a JSON object with those keys. When the
+    API key names an actor, that is the author."""
     settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id, task_id=task_id)
     fields: dict[str, Any] = dict(request.query_params)
     raw = await request.body()
-    media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if raw.strip() and media_type.startswith("text/"):
-        try:
-            fields["body"] = raw.decode()
-        except UnicodeDecodeError:
-            raise malformed("the body is not valid UTF-8") from None
-    elif raw.strip():
+    if raw.strip():
         given = decode_body(raw, settings.limits)
         if not isinstance(given, dict):
             raise malformed("send the comment as a JSON object: {author, body, is_blocker, lineage_id}")
         fields.update(given)
     body = fields.get("body", fields.get("comment", fields.get("content")))
-    if not isinstance(fields.get("author"), str) or not isinstance(body, str):
+    author = principal.actor or fields.get("author")
+    if not isinstance(author, str) or not isinstance(body, str):
         raise Problem(422, "invalid-comment", "The comment is invalid", "a comment needs an author and a body (text)")
     result = await db.call_write(
         "add_comment",
         tenant_id,
         fsa_id,
         task_id,
-        fields["author"],
+        author,
         body,
         _flag(fields.get("is_blocker", False)),
         fields.get("lineage_id"),
@@ -181,7 +191,7 @@ async def add_comment(
     return json_response(result)
 
 
-@get("/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comments")
+@get("/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comments", opt=READ)
 async def list_comments(
     db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: TaskId, limit: Limit = 50
 ) -> Response:

@@ -13,6 +13,7 @@ from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
+from app.api.auth import ADMIN, OPEN, READ, WRITE
 from app.db.queries import Database
 from app.domain import jsontext
 from app.domain.delta import (
@@ -24,14 +25,16 @@ from app.domain.delta import (
     from_merge_patch,
     write_meta,
 )
+from app.domain.keys import Principal
 from app.domain.summary import slice_body, slice_header, slice_summary, state_summary
-from app.errors import invalid_id, invalid_slice, malformed
+from app.errors import invalid_id, invalid_slice, malformed, policy_violation
 from app.settings import Settings
 
 JSON = "application/json"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-Db = NamedDependency[Database]
+Db = NamedDependency[Database]  # acting for the request's tenants
+Caller = NamedDependency[Principal]  # who the request acts as
 DEFAULT_MAX_TOKENS = 300
 MaxTokens = Annotated[
     int, QueryParameter(ge=20, le=8000, description="Token budget of the summary (≈ 4 characters each)")
@@ -58,8 +61,7 @@ def json_response(text: str | bytes, status_code: int = HTTP_200_OK, headers: di
 
 async def _delta_text(request: Request, settings: Settings) -> str:
     """The request body as a delta in the wire format, as JSON text. JSON Patch and Merge Patch
-    are recognised by their media types; any other body is read as the delta map itself (so a
-    plain `curl -d` works too)."""
+    are recognised by their media types; application/json is the delta map itself."""
     body = await request.body()
     value = decode_body(body, settings.limits)
     media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
@@ -74,13 +76,13 @@ async def _delta_text(request: Request, settings: Settings) -> str:
     return encode(value)
 
 
-@get("/health")
+@get("/health", opt=OPEN)
 async def health(db: Db) -> dict[str, Any]:
     """Liveness and database reachability (503 when the database is down)."""
     return {"status": "ok", "database": "ok", "postgres": await db.health()}
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}")
+@get("/state/{tenant_id:str}/{fsa_id:str}", opt=READ)
 async def read_state(
     request: Request,
     db: Db,
@@ -116,7 +118,7 @@ async def read_state(
     return json_response(body, headers=headers)
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/slice")
+@get("/state/{tenant_id:str}/{fsa_id:str}/slice", opt=READ)
 async def read_slice(
     db: Db,
     state: State,
@@ -176,7 +178,7 @@ def _aliases(tenant_id: str, fsa_id: str, aliases: dict[str, str]) -> Response:
     return json_response(jsontext.encode({"tenant_id": tenant_id, "fsa_id": fsa_id, "aliases": aliases}))
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/aliases")
+@get("/state/{tenant_id:str}/{fsa_id:str}/aliases", opt=READ)
 async def read_aliases(db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """The aliases of the state's slice specs, {"task": "tasks", …}: the defaults (task, metric,
     agent, resource) and the state's own."""
@@ -184,7 +186,7 @@ async def read_aliases(db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId)
     return _aliases(tenant_id, fsa_id, await db.aliases(tenant_id, fsa_id))
 
 
-@put("/state/{tenant_id:str}/{fsa_id:str}/aliases/{alias:str}", status_code=HTTP_200_OK)
+@put("/state/{tenant_id:str}/{fsa_id:str}/aliases/{alias:str}", status_code=HTTP_200_OK, opt=ADMIN)
 async def set_alias(
     request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, alias: AliasName
 ) -> Response:
@@ -198,42 +200,46 @@ async def set_alias(
     return _aliases(tenant_id, fsa_id, await db.set_alias(tenant_id, fsa_id, alias, given["collection"]))
 
 
-@delete("/state/{tenant_id:str}/{fsa_id:str}/aliases/{alias:str}", status_code=HTTP_200_OK)
+@delete("/state/{tenant_id:str}/{fsa_id:str}/aliases/{alias:str}", status_code=HTTP_200_OK, opt=ADMIN)
 async def remove_alias(db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, alias: AliasName) -> Response:
     """Removes the state's own alias; a default one of that name applies again."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
     return _aliases(tenant_id, fsa_id, await db.set_alias(tenant_id, fsa_id, alias, None))
 
 
-@post("/state/{tenant_id:str}/{fsa_id:str}", status_code=HTTP_200_OK)
-async def replace_state(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
+@post("/state/{tenant_id:str}/{fsa_id:str}", status_code=HTTP_200_OK, opt=ADMIN)
+async def replace_state(
+    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId
+) -> Response:
     """Create or replace the whole state with the JSON object in the body, logged as one delta."""
     settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     body = await request.body()
     check_document(decode_body(body, settings.limits), settings.limits)
-    meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
-    result = await db.replace_state(tenant_id, fsa_id, body.decode(), meta)
-    return json_response(result, headers=_result_etag(result))
+    meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
+    return write_response(await db.replace_state(tenant_id, fsa_id, body.decode(), meta))
 
 
-@post("/state/{tenant_id:str}/{fsa_id:str}/delta", status_code=HTTP_200_OK)
-async def apply_delta(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
+@post("/state/{tenant_id:str}/{fsa_id:str}/delta", status_code=HTTP_200_OK, opt=WRITE)
+async def apply_delta(
+    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId
+) -> Response:
     """Apply a delta: the body is the delta map (DESIGN §4.1); metadata as query parameters
-    (actor, lineage_id, delta_id, expected_version, and any others kept as meta) or headers
-    (X-Actor, X-Lineage-Id, traceparent, Idempotency-Key, If-Match)."""
+    (actor, lineage_id, delta_id, expected_version, and any others kept as meta, such as the
+    claimed aml_level) or headers (X-Actor, X-Lineage-Id, traceparent, Idempotency-Key, If-Match).
+    A delta that breaks a policy is a 422 policy-violation listing each rule it breaks."""
     settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     delta = await _delta_text(request, settings)
-    meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
-    result = await db.apply_delta(tenant_id, fsa_id, delta, meta)
-    return json_response(result, headers=_result_etag(result))
+    meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
+    return write_response(await db.apply_delta(tenant_id, fsa_id, delta, meta))
 
 
-@post("/validate/delta", status_code=HTTP_200_OK)
+@post("/validate/delta", status_code=HTTP_200_OK, opt=WRITE)
 async def validate_delta(
     request: Request,
     db: Db,
+    principal: Caller,
     state: State,
     tenant_id: Annotated[str | None, QueryParameter(description="With fsa_id: dry-run against that state")] = None,
     fsa_id: Annotated[str | None, QueryParameter(description="With tenant_id: dry-run against that state")] = None,
@@ -248,12 +254,14 @@ async def validate_delta(
         normalized = await db.normalize_delta(delta)
         return {"success": True, "valid": True, **normalized}
     check_ids(settings, tenant_id=tenant_id or "", fsa_id=fsa_id or "")
-    meta = write_meta(dict(request.query_params), dict(request.headers), settings.limits)
+    meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
     outcome = await db.dry_run(tenant_id, fsa_id, delta, meta)
+    if outcome.get("refused"):
+        raise policy_violation(outcome)
     return {"valid": True, **outcome, "applied": False}
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/deltas")
+@get("/state/{tenant_id:str}/{fsa_id:str}/deltas", opt=READ)
 async def read_deltas(
     db: Db,
     state: State,
@@ -275,9 +283,14 @@ def _etag_version(value: str | None) -> int | None:
     return int(tag) if tag.isdigit() and len(tag) < 19 else None
 
 
-def _result_etag(result: str) -> dict[str, str]:
-    version = msgspec.json.decode(result).get("version")
-    return {"ETag": f'"{version}"'} if version is not None else {}
+def write_response(result: str) -> Response:
+    """The answer to a write (its result object as JSON text, ETag = its version), or the 422 of a
+    delta a policy refused."""
+    decoded = msgspec.json.decode(result)
+    if decoded.get("refused"):
+        raise policy_violation(decoded)
+    version = decoded.get("version")
+    return json_response(result, headers={"ETag": f'"{version}"'} if version is not None else {})
 
 
 ROUTES = [

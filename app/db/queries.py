@@ -3,25 +3,32 @@
 The merge lives in SQL (`sms.apply_delta`, `sms.document`, …). JSON results are built by
 PostgreSQL and handed on as text, so they are never decoded and re-encoded on the way out and
 numbers keep their exact decimal value. Driver errors are wrapped once, into `app.errors.Problem`.
+
+Every statement acts for the tenants of the request's key (`Database.acting_for`): it starts from
+`sms.act_for($n)`, its last parameter, which sets them for its own transaction before anything is
+read, and row-level security lets the service's role see nothing else (DESIGN §10). Function calls
+read `FROM sms.act_for($n)`; statements that read tables themselves do so in a LATERAL subquery
+that waits for it (`WHERE acting … OFFSET 0`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
 
 from app.domain import jsontext
 from app.domain.delta import WriteMeta
+from app.domain.keys import NewKey
 from app.errors import database_unavailable, from_sqlstate
 
 log = logging.getLogger(__name__)
 
 _APPLY = """
-SELECT sms.{function}($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text
+SELECT sms.{function}($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text FROM sms.act_for($11)
 """
 
 # Built as text rather than with json_build_object, whose output pads every colon with spaces.
@@ -31,27 +38,29 @@ SELECT s.version,
            '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text)
            || ',"version":' || s.version || ',"state":' || sms.document($1, $2)::text || '}'
        END
-  FROM (SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0) AS version) s
+  FROM sms.act_for($4) acting, LATERAL (SELECT sms.current_version($1, $2) AS version WHERE acting OFFSET 0) s
 """
 
 _READ_DELTAS = """
-WITH page AS (
-    SELECT version, delta_id, actor, lineage_id, trace_id, parent_id, meta, ops, paths, created_at
-      FROM sms.deltas
-     WHERE tenant_id = $1 AND fsa_id = $2 AND version > $3
-     ORDER BY version
-     LIMIT $4 + 1
-)
-SELECT '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text) || ',"since":' || $3::bigint
-       || ',"version":' || coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0)
-       || ',"deltas":' || coalesce((SELECT to_json(array_agg(p ORDER BY p.version))
-                                     FROM (SELECT * FROM page ORDER BY version LIMIT $4) p), '[]')::text
-       || ',"more":' || ((SELECT count(*) FROM page) > $4)::text || '}'
+SELECT (
+    WITH page AS (
+        SELECT version, delta_id, actor, lineage_id, trace_id, parent_id, meta, ops, paths, created_at
+          FROM sms.deltas
+         WHERE tenant_id = $1 AND fsa_id = $2 AND version > $3
+         ORDER BY version
+         LIMIT $4 + 1
+    )
+    SELECT '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text) || ',"since":' || $3::bigint
+           || ',"version":' || sms.current_version($1, $2)
+           || ',"deltas":' || coalesce((SELECT to_json(array_agg(p ORDER BY p.version))
+                                         FROM (SELECT * FROM page ORDER BY version LIMIT $4) p), '[]')::text
+           || ',"more":' || ((SELECT count(*) FROM page) > $4)::text || '}'
+) FROM sms.act_for($5)
 """
 
 
 _READ_SLICE = """
-WITH r AS (SELECT sms.read_slice($1, $2, $3, $4, $5, $6::jsonpath, $7) AS read),
+WITH r AS (SELECT sms.read_slice($1, $2, $3, $4, $5, $6::jsonpath, $7) AS read FROM sms.act_for($8)),
 hit AS (
     -- count the hit without ever waiting: a row another reader is bumping is skipped
     -- and remember the collections' versions it was found valid at
@@ -69,6 +78,7 @@ SELECT read FROM r
 _READ_STATE_AT = """
 SELECT '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text) || ',"version":' || $3::bigint
        || ',"state":' || sms.document_at($1, $2, $3)::text || '}'
+  FROM sms.act_for($4)
 """
 
 _READ_LINEAGE = """
@@ -77,23 +87,28 @@ SELECT '{"tenant_id":' || to_json($1::text) || ',"lineage_id":' || to_json($2::t
               SELECT fsa_id, version, delta_id, actor, lineage_id, trace_id, parent_id, meta, ops, paths, created_at
                 FROM sms.deltas WHERE tenant_id = $1 AND lineage_id = $2
                ORDER BY created_at, fsa_id, version LIMIT $3) d), '[]')::text || '}'
+  FROM sms.act_for($4)
 """
 
 _READ_COMMENTS = """
-SELECT coalesce(to_json(array_agg(c ORDER BY c.comment_id DESC)), '[]')::text FROM (
-    SELECT comment_id, task_id, author, body, is_blocker, lineage_id, created_at FROM sms.task_comments
-     WHERE tenant_id = $1 AND fsa_id = $2 AND task_id = $3 ORDER BY comment_id DESC LIMIT $4) c
+SELECT (SELECT coalesce(to_json(array_agg(c ORDER BY c.comment_id DESC)), '[]')::text FROM (
+            SELECT comment_id, task_id, author, body, is_blocker, lineage_id, created_at FROM sms.task_comments
+             WHERE tenant_id = $1 AND fsa_id = $2 AND task_id = $3 ORDER BY comment_id DESC LIMIT $4) c)
+  FROM sms.act_for($5)
 """
 
 _WRITE_FUNCTIONS = {
-    "rollback": "SELECT sms.rollback($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text",
-    "heartbeat": "SELECT sms.heartbeat($1, $2, $3, $4)::text",
-    "add_comment": "SELECT sms.add_comment($1, $2, $3, $4, $5, $6, $7)::text",
+    "rollback": "SELECT sms.rollback($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text FROM sms.act_for($11)",
+    "heartbeat": "SELECT sms.heartbeat($1, $2, $3, $4, p_meta => $5::text::jsonb, p_actor => $6)::text"
+    " FROM sms.act_for($7)",
+    "add_comment": "SELECT sms.add_comment($1, $2, $3, $4, $5, $6, $7)::text FROM sms.act_for($8)",
 }
 
 _READ_FEED = """
 WITH log AS (
-    SELECT * FROM sms.feed_after($1, $2, $3::text::xid8, $4, $5, $7) WITH ORDINALITY
+    SELECT f.* FROM sms.act_for($8) acting,
+           LATERAL (SELECT * FROM sms.feed_after($1, $2, $3::text::xid8, $4, $5, $7) WITH ORDINALITY
+                     WHERE acting OFFSET 0) f
 ), slices AS (
     -- the slice filter, parsed once per state, with that state's aliases
     SELECT fsa_id, sms.parse_slice($6, sms.aliases_of($1, fsa_id)) AS parts
@@ -120,10 +135,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 class Database:
-    """An asyncpg pool and the service's queries."""
+    """An asyncpg pool and the service's queries, acting for `tenants` (see the module's docstring;
+    None acts for none, which for any role but the tables' owner means no row)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, tenants: list[str] | None = None, acquire_timeout: float = 5.0) -> None:
         self.pool = pool
+        self.tenants = tenants
+        self.acquire_timeout = acquire_timeout
 
     @classmethod
     async def connect(
@@ -136,12 +154,18 @@ class Database:
         notify: bool = True,
         snapshot_every: int = 1000,
     ) -> Database:
+        """A pool on `dsn`. Connecting and waiting for a connection give up after the statement
+        timeout (at least 5 s), each query a second after it, so an unreachable database is a
+        prompt 503, never a hang."""
+        timeout = max(5.0, statement_timeout_ms / 1000)
         try:
             pool = await asyncpg.create_pool(
                 dsn,
                 min_size=min_size,
                 max_size=max_size,
                 init=_init_connection,
+                timeout=timeout,
+                command_timeout=statement_timeout_ms / 1000 + 1,  # the server's statement timeout answers first
                 server_settings={
                     "application_name": "sms",
                     "statement_timeout": str(statement_timeout_ms),
@@ -149,9 +173,13 @@ class Database:
                     "sms.snapshot_every": str(snapshot_every),
                 },
             )
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise database_unavailable(f"cannot connect to the database: {type(exc).__name__}") from exc
-        return cls(pool)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise database_unavailable(f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc
+        return cls(pool, acquire_timeout=timeout)
+
+    def acting_for(self, tenants: Sequence[str] | None) -> Database:
+        """The same pool, its statements acting for these tenants."""
+        return Database(self.pool, None if tenants is None else sorted(tenants), self.acquire_timeout)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -160,7 +188,7 @@ class Database:
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; database errors leave as `Problem`s."""
         try:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
                 yield conn
         except asyncpg.PostgresError as exc:
             problem = from_sqlstate(exc.sqlstate, exc.args[0] if exc.args else str(exc), getattr(exc, "detail", None))
@@ -172,23 +200,42 @@ class Database:
             log.warning("database unavailable: %s", type(exc).__name__)
             raise database_unavailable() from exc
 
+    async def _value(self, query: str, *args: Any) -> Any:
+        async with self._connection() as conn:
+            return await conn.fetchval(query, *args, self.tenants)
+
+    async def _row(self, query: str, *args: Any) -> asyncpg.Record:
+        async with self._connection() as conn:
+            return await conn.fetchrow(query, *args, self.tenants)
+
+    async def _rows(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._connection() as conn:
+            return await conn.fetch(query, *args, self.tenants)
+
     async def health(self) -> str:
         async with self._connection() as conn:
             return await conn.fetchval("SELECT current_setting('server_version')")
 
+    async def check_role(self) -> None:
+        """Refuses a role that row-level security does not bind (a superuser, one with BYPASSRLS
+        or the tables' owner): the service must not run as one (DESIGN §10)."""
+        async with self._connection() as conn:
+            role, unbound = await conn.fetchrow(_ROLE_UNBOUND)
+        if unbound:
+            raise RoleError(
+                f"the service's database role {role!r} is not bound by row-level security (a superuser, BYPASSRLS "
+                "or the owner of the sms tables): give it a role of its own, such as sms_api (SMS_API_DATABASE_URL)"
+            )
+
     async def apply_delta(self, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> str:
         """Apply a delta (JSON text); returns the result object as JSON text."""
-        async with self._connection() as conn:
-            return await conn.fetchval(
-                _APPLY.format(function="apply_delta"), *write_args(tenant_id, fsa_id, delta, meta)
-            )
+        return await self._value(_APPLY.format(function="apply_delta"), *write_args(tenant_id, fsa_id, delta, meta))
 
     async def replace_state(self, tenant_id: str, fsa_id: str, document: str, meta: WriteMeta) -> str:
         """Replace the whole state (JSON text), logged as one delta; the result as JSON text."""
-        async with self._connection() as conn:
-            return await conn.fetchval(
-                _APPLY.format(function="replace_state"), *write_args(tenant_id, fsa_id, document, meta)
-            )
+        return await self._value(
+            _APPLY.format(function="replace_state"), *write_args(tenant_id, fsa_id, document, meta)
+        )
 
     async def dry_run(self, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> dict[str, Any]:
         """Apply a delta inside a transaction that is rolled back: exactly what would happen."""
@@ -197,32 +244,28 @@ class Database:
             await tx.start()
             try:
                 current = await conn.fetchval(
-                    "SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0)",
-                    tenant_id,
-                    fsa_id,
+                    "SELECT sms.current_version($1, $2) FROM sms.act_for($3)", tenant_id, fsa_id, self.tenants
                 )
                 result = await conn.fetchval(
-                    _APPLY.format(function="apply_delta"), *write_args(tenant_id, fsa_id, delta, meta)
+                    _APPLY.format(function="apply_delta"), *write_args(tenant_id, fsa_id, delta, meta), self.tenants
                 )
             finally:
                 await tx.rollback()
         outcome = jsontext.decode(result)
         if meta.delta_id is None:
-            del outcome["delta_id"]  # a fresh id that no delta will ever carry
+            outcome.pop("delta_id", None)  # a fresh id that no delta will ever carry
         return {**outcome, "current_version": current}
 
     async def normalize_delta(self, delta: str) -> Any:
         """The normalised ops and preconditions of a delta, checked without touching any state."""
-        async with self._connection() as conn:
-            return await conn.fetchval("SELECT sms.normalize_delta($1::text::jsonb)", delta)
+        return await self._value("SELECT sms.normalize_delta($1::text::jsonb) FROM sms.act_for($2)", delta)
 
     async def read_state(
         self, tenant_id: str, fsa_id: str, unless_version: int | None = None
     ) -> tuple[int, str | None]:
         """(version, {"tenant_id","fsa_id","version","state"} as JSON text); the text is None when
         the state is still at `unless_version` (a conditional GET)."""
-        async with self._connection() as conn:
-            row = await conn.fetchrow(_READ_STATE, tenant_id, fsa_id, unless_version)
+        row = await self._row(_READ_STATE, tenant_id, fsa_id, unless_version)
         return row[0], row[1]
 
     async def read_slice(
@@ -230,22 +273,18 @@ class Database:
     ) -> dict[str, Any]:
         """A slice through the summary cache (sms.read_slice): cached with its summary body, or
         fresh with the fingerprint to store it under."""
-        async with self._connection() as conn:
-            return await conn.fetchval(_READ_SLICE, tenant_id, fsa_id, spec, k, order, where, options)
+        return await self._value(_READ_SLICE, tenant_id, fsa_id, spec, k, order, where, options)
 
     async def store_slice_summary(self, tenant_id: str, fsa_id: str, read: dict[str, Any], summary: str) -> None:
-        async with self._connection() as conn:
-            await conn.execute("SELECT sms.store_slice_summary($1, $2, $3, $4)", tenant_id, fsa_id, read, summary)
+        await self._value(
+            "SELECT sms.store_slice_summary($1, $2, $3, $4) FROM sms.act_for($5)", tenant_id, fsa_id, read, summary
+        )
 
     async def read_document(self, tenant_id: str, fsa_id: str) -> tuple[int, dict[str, Any]]:
         """(version, the whole state) from one snapshot."""
-        async with self._connection() as conn:
-            row = await conn.fetchrow(
-                "SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0),"
-                " sms.document($1, $2)",
-                tenant_id,
-                fsa_id,
-            )
+        row = await self._row(
+            "SELECT sms.current_version($1, $2), sms.document($1, $2) FROM sms.act_for($3)", tenant_id, fsa_id
+        )
         return row[0], row[1]
 
     async def read_feed(
@@ -261,10 +300,7 @@ class Database:
         """The log after a position (sms.feed_after) as (Change, touches the slice, tx_id)."""
         from app.feed import Change  # the feed's own type; imported here to keep modules acyclic
 
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                _READ_FEED, tenant_id, fsa_id, after_tx, after_fsa, after_version, slice_spec, limit
-            )
+        rows = await self._rows(_READ_FEED, tenant_id, fsa_id, after_tx, after_fsa, after_version, slice_spec, limit)
         return [
             (
                 Change(tenant_id=tenant_id, **{k: v for k, v in row.items() if k not in ("wanted", "tx_id")}),
@@ -276,90 +312,144 @@ class Database:
 
     async def aliases(self, tenant_id: str, fsa_id: str) -> dict[str, str]:
         """The aliases of the state's slice specs (sms.aliases_of)."""
-        async with self._connection() as conn:
-            return await conn.fetchval("SELECT sms.aliases_of($1, $2)", tenant_id, fsa_id)
+        return await self._value("SELECT sms.aliases_of($1, $2) FROM sms.act_for($3)", tenant_id, fsa_id)
 
     async def set_alias(self, tenant_id: str, fsa_id: str, alias: str, collection: str | None) -> dict[str, str]:
         """Sets (or, with no collection, removes) one of the state's own aliases; its aliases after."""
-        async with self._connection() as conn:
-            return await conn.fetchval("SELECT sms.set_alias($1, $2, $3, $4)", tenant_id, fsa_id, alias, collection)
+        return await self._value(
+            "SELECT sms.set_alias($1, $2, $3, $4) FROM sms.act_for($5)", tenant_id, fsa_id, alias, collection
+        )
 
     async def parse_slice(self, spec: str) -> Any:
         """The parsed parts of a slice spec; a 400 problem when it is invalid."""
-        async with self._connection() as conn:
-            return await conn.fetchval("SELECT sms.parse_slice($1)", spec)
+        return await self._value("SELECT sms.parse_slice($1) FROM sms.act_for($2)", spec)
 
     async def delta_tx_id(self, tenant_id: str, fsa_id: str, version: int) -> str | None:
-        async with self._connection() as conn:
-            return await conn.fetchval(
-                "SELECT tx_id::text FROM sms.deltas WHERE tenant_id = $1 AND fsa_id = $2 AND version = $3",
-                tenant_id,
-                fsa_id,
-                version,
-            )
+        return await self._value(
+            "SELECT (SELECT tx_id::text FROM sms.deltas WHERE tenant_id = $1 AND fsa_id = $2 AND version = $3)"
+            " FROM sms.act_for($4)",
+            tenant_id,
+            fsa_id,
+            version,
+        )
 
     async def current_version(self, tenant_id: str, fsa_id: str) -> int:
-        async with self._connection() as conn:
-            return await conn.fetchval(
-                "SELECT coalesce((SELECT version FROM sms.states WHERE tenant_id = $1 AND fsa_id = $2), 0)",
-                tenant_id,
-                fsa_id,
-            )
+        return await self._value("SELECT sms.current_version($1, $2) FROM sms.act_for($3)", tenant_id, fsa_id)
 
     async def read_state_at(self, tenant_id: str, fsa_id: str, version: int) -> str:
         """{"tenant_id","fsa_id","version","state"} exactly as the state was at `version`."""
-        async with self._connection() as conn:
-            return await conn.fetchval(_READ_STATE_AT, tenant_id, fsa_id, version)
+        return await self._value(_READ_STATE_AT, tenant_id, fsa_id, version)
 
     async def documents_at(self, tenant_id: str, fsa_id: str, *versions: int) -> list[Any]:
         """The state at each version, from one snapshot of the database."""
-        async with self._connection() as conn:
-            return await conn.fetchval(
-                "SELECT array_agg(sms.document_at($1, $2, v) ORDER BY o)"
-                " FROM unnest($3::bigint[]) WITH ORDINALITY u(v, o)",
-                tenant_id,
-                fsa_id,
-                list(versions),
-            )
+        return await self._value(
+            "SELECT (SELECT array_agg(sms.document_at($1, $2, v) ORDER BY o)"
+            "          FROM unnest($3::bigint[]) WITH ORDINALITY u(v, o)) FROM sms.act_for($4)",
+            tenant_id,
+            fsa_id,
+            list(versions),
+        )
 
     async def path_changes(self, tenant_id: str, fsa_id: str, path: str, limit: int) -> list[dict[str, Any]]:
-        async with self._connection() as conn:
-            rows = await conn.fetch("SELECT * FROM sms.path_changes($1, $2, $3, $4)", tenant_id, fsa_id, path, limit)
+        rows = await self._rows(
+            "SELECT c.* FROM sms.act_for($5) acting,"
+            " LATERAL (SELECT * FROM sms.path_changes($1, $2, $3, $4) WHERE acting OFFSET 0) c",
+            tenant_id,
+            fsa_id,
+            path,
+            limit,
+        )
         return [dict(row) for row in rows]
 
     async def lineage(self, tenant_id: str, lineage_id: str, limit: int) -> str:
         """A lineage's deltas across the tenant's states, in time order, as JSON text."""
-        async with self._connection() as conn:
-            return await conn.fetchval(_READ_LINEAGE, tenant_id, lineage_id, limit)
+        return await self._value(_READ_LINEAGE, tenant_id, lineage_id, limit)
 
     async def changes_since(self, tenant_id: str, fsa_id: str, since: int, slice_spec: str | None, max_tokens: int):
         """(sms.changes_since, sms.changes_digest) from one snapshot."""
-        async with self._connection() as conn:
-            row = await conn.fetchrow(
-                "SELECT sms.changes_since($1, $2, $3, $4), sms.changes_digest($1, $2, $3, $4, $5)",
-                tenant_id,
-                fsa_id,
-                since,
-                slice_spec,
-                max_tokens,
-            )
+        row = await self._row(
+            "SELECT sms.changes_since($1, $2, $3, $4), sms.changes_digest($1, $2, $3, $4, $5) FROM sms.act_for($6)",
+            tenant_id,
+            fsa_id,
+            since,
+            slice_spec,
+            max_tokens,
+        )
         return row[0], row[1]
 
     async def call_write(self, function: str, *args: Any) -> str:
         """A writing SQL function of the service (rollback, heartbeat, add_comment) -> JSON text."""
         if function not in _WRITE_FUNCTIONS:
             raise ValueError(function)
-        async with self._connection() as conn:
-            return await conn.fetchval(_WRITE_FUNCTIONS[function], *args)
+        return await self._value(_WRITE_FUNCTIONS[function], *args)
 
     async def comments(self, tenant_id: str, fsa_id: str, task_id: str, limit: int) -> str:
-        async with self._connection() as conn:
-            return await conn.fetchval(_READ_COMMENTS, tenant_id, fsa_id, task_id, limit)
+        return await self._value(_READ_COMMENTS, tenant_id, fsa_id, task_id, limit)
 
     async def read_deltas(self, tenant_id: str, fsa_id: str, since: int, limit: int) -> str:
         """The log after version `since`, oldest first, at most `limit` entries, as JSON text."""
-        async with self._connection() as conn:
-            return await conn.fetchval(_READ_DELTAS, tenant_id, fsa_id, since, limit)
+        return await self._value(_READ_DELTAS, tenant_id, fsa_id, since, limit)
+
+    async def policies(self, tenant_id: str, fsa_id: str | None) -> dict[str, Any]:
+        """{"rules": [...], "defaults": [...]} of a state, or {"rules"} of the tenant's defaults."""
+        return await self._value("SELECT sms.policies_of($1, $2) FROM sms.act_for($3)", tenant_id, fsa_id)
+
+    async def set_policy(self, tenant_id: str, fsa_id: str | None, rules: list[Any], actor: str | None) -> list[Any]:
+        """Replaces a state's rules (fsa None: the tenant's defaults); the rules now set."""
+        return await self._value(
+            "SELECT sms.set_policy($1, $2, $3::jsonb, $4) FROM sms.act_for($5)", tenant_id, fsa_id, rules, actor
+        )
+
+    async def keys_exist(self) -> bool:
+        """Whether any API key was ever made: until one is, the service is in protected mode."""
+        return await self._value("SELECT sms.keys_exist() FROM sms.act_for($1)")
+
+    async def authenticate(self, secret_hash: bytes) -> dict[str, Any] | None:
+        """The key with this SHA-256, revoked and expired ones too; None when there is none."""
+        return await self._value("SELECT sms.authenticate($1) FROM sms.act_for($2)", secret_hash)
+
+    async def create_key(self, key: NewKey) -> dict[str, Any]:
+        """Records a new key (its hash, never the key); the record as sms.list_keys shows keys."""
+        return await self._value(
+            "SELECT sms.create_key($1, $2, $3, $4, $5, $6, $7, $8, $9) FROM sms.act_for($10)",
+            key.key_id,
+            key.secret_hash,
+            list(key.tenants),
+            list(key.scopes),
+            key.actor,
+            key.aml_level,
+            key.expires_at,
+            key.rate_limit,
+            key.label,
+        )
+
+    async def list_keys(self) -> list[dict[str, Any]]:
+        return await self._value("SELECT sms.list_keys() FROM sms.act_for($1)")
+
+    async def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return await self._value("SELECT sms.revoke_key($1) FROM sms.act_for($2)", key_id)
+
+    async def take_tokens(self, key_id: str, rate: float, burst: float, wanted: int) -> tuple[int, float | None]:
+        """Up to `wanted` tokens from the key's shared bucket: (granted, seconds until one is there)."""
+        row = await self._row(
+            "SELECT t.granted, t.retry_after FROM sms.act_for($5), sms.take_tokens($1, $2, $3, $4) t",
+            key_id,
+            rate,
+            burst,
+            wanted,
+        )
+        return row[0], row[1]
+
+
+class RoleError(Exception):
+    """The service's database role is not bound by row-level security."""
+
+
+_ROLE_UNBOUND = """
+SELECT r.rolname, r.rolsuper OR r.rolbypassrls
+                  OR pg_has_role(r.oid, (SELECT relowner FROM pg_class WHERE oid = 'sms.states'::regclass), 'USAGE')
+  FROM pg_roles r WHERE r.rolname = current_user
+"""
 
 
 def write_args(tenant_id: str, fsa_id: str, body: Any, meta: WriteMeta) -> tuple[Any, ...]:

@@ -10,8 +10,10 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Double,
     Identity,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -175,4 +177,76 @@ task_comments = Table(
     Column("lineage_id", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("tenant_id", "fsa_id", "task_id", "comment_id"),
+)
+
+policies = Table(
+    "policies",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("rule_no", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("keys", ARRAY(Text), nullable=False),
+    Column("anchor", Text(collation="C"), nullable=False),
+    Column("rule", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "rule_no"),
+)
+
+policy_changes = Table(
+    "policy_changes",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("change_id", Uuid, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("actor", Text),
+    Column("rules", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "change_id"),
+)
+
+refusals = Table(
+    "refusals",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("refusal_id", Uuid, nullable=False),
+    Column("refused_at", DateTime(timezone=True), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("delta_id", Uuid),
+    Column("actor", Text),
+    Column("lineage_id", Text),
+    Column("trace_id", Text),
+    Column("aml_level", Integer),
+    Column("meta", JSONB, nullable=False),
+    Column("ops", JSONB, nullable=False),
+    Column("violations", JSONB, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "refusal_id"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_id", Text, nullable=False),
+    Column("secret_hash", LargeBinary, nullable=False),
+    Column("tenants", ARRAY(Text), nullable=False),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("actor", Text),
+    Column("aml_level", Integer),
+    Column("rate_limit", Double),
+    Column("label", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("revoked_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("key_id"),
+    UniqueConstraint("secret_hash"),
+)
+
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key_id", Text, nullable=False),
+    Column("tokens", Double, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("key_id"),
+    prefixes=["UNLOGGED"],
 )

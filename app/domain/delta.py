@@ -187,7 +187,7 @@ class WriteMeta:
     expected_version: int | None = None
     trace_id: str | None = None
     parent_id: str | None = None
-    meta: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # kept with the delta (pillar, aml_level, …)
 
 
 # Query parameters with a meaning of their own; any other one is kept in `meta` (pillar, aml_level, …).
