@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import feed, history, merge
+from bench import feed, history, merge, security
 from bench import slice as slice_
 
-BENCHMARKS = {"feed": feed, "history": history, "merge": merge, "slice": slice_}
+BENCHMARKS = {"feed": feed, "history": history, "merge": merge, "security": security, "slice": slice_}
 
 
 def main(argv: list[str] | None = None) -> int:

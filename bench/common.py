@@ -217,9 +217,12 @@ async def scratch_database(server_url: str) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def http_service(database_url: str, workers: int = 8) -> AsyncIterator[httpx.AsyncClient]:
+async def http_service(
+    database_url: str, workers: int = 8, headers: dict[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """The service on 127.0.0.1 (uvicorn in this event loop) and an httpx client for `workers`
-    concurrent requests."""
+    concurrent requests, sending `headers` (an API key) with each. With no key made in the
+    database, the service is in protected mode and serves this loopback client without one."""
     settings = Settings(database_url=database_url, pool_min_size=workers, pool_max_size=workers + 2)
     # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP; on
     # `socket.socket()` (protocol 0) every response would wait ~40 ms for a delayed ACK (Nagle).
@@ -234,7 +237,8 @@ async def http_service(database_url: str, workers: int = 8) -> AsyncIterator[htt
         await asyncio.sleep(0.02)
     base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        async with httpx.AsyncClient(base_url=base_url, limits=httpx.Limits(max_connections=workers)) as client:
+        limits = httpx.Limits(max_connections=workers)
+        async with httpx.AsyncClient(base_url=base_url, limits=limits, headers=headers) as client:
             yield client
     finally:
         server.should_exit = True

@@ -186,10 +186,15 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; database errors leave as `Problem`s."""
+        """A pooled connection; database errors leave as `Problem`s. Giving the connection back
+        never fails the work done on it: a statement that committed has its answer, even when the
+        pool's reset of the connection meets a server that is going down just then."""
         try:
-            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+            conn = await self.pool.acquire(timeout=self.acquire_timeout)
+            try:
                 yield conn
+            finally:
+                await self._release(conn)
         except asyncpg.PostgresError as exc:
             problem = from_sqlstate(exc.sqlstate, exc.args[0] if exc.args else str(exc), getattr(exc, "detail", None))
             if problem is None:
@@ -199,6 +204,12 @@ class Database:
             # InternalClientError: the pool resetting a connection the server just dropped
             log.warning("database unavailable: %s", type(exc).__name__)
             raise database_unavailable() from exc
+
+    async def _release(self, conn: asyncpg.Connection) -> None:
+        try:
+            await self.pool.release(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError):
+            log.warning("a connection could not be reset; the pool replaces it")
 
     async def _value(self, query: str, *args: Any) -> Any:
         async with self._connection() as conn:
