@@ -98,7 +98,7 @@ class Settings:
     insecure_no_auth: bool = False  # with no key made, answer every client (not only loopback)
     allowed_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bound address; "*": any
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS is off without any)
-    rate_limit: float = 100.0  # requests per second per key, bursts of twice that (0: no limit)
+    rate_limit: float = 100.0  # requests per second per key, bursts of twice that or 1 (0: no limit)
     key_cache_seconds: float = 5.0  # how long a process trusts what it read of a key (revocation delay)
     limits: Limits = field(default_factory=Limits)
 

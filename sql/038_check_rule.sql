@@ -1,6 +1,8 @@
 -- sms.check_rule(rule): checks one policy rule and returns it normalised (DESIGN §10):
 --   {"path": "resources.inventory.*",        a path glob: dotted keys, `*` and `?` within a key,
---                                             `**` as the last key for "this and everything below"
+--                                             `**` as the last key for "this and everything below",
+--                                             checked at each path a delta writes there (so with
+--                                             `**` only required, immutable and max_change apply)
 --    "min": n, "max": n,                     a number within bounds
 --    "enum": [v, ...],                       one of these values
 --    "type": "string|number|integer|boolean|object|array|null",
@@ -41,6 +43,11 @@ BEGIN
     IF '**' = ANY (v_keys[1:cardinality(v_keys) - 1]) THEN
         RAISE EXCEPTION USING ERRCODE = 'SM012',
             MESSAGE = format('invalid rule path "%s": ** may only be the last key', left(v_path, 200));
+    END IF;
+    IF v_keys[cardinality(v_keys)] = '**' AND p_rule ?| ARRAY['min', 'max', 'enum', 'type'] THEN
+        RAISE EXCEPTION USING ERRCODE = 'SM012',
+            MESSAGE = format('the rule for "%s": min, max, enum and type need a path to values (use * for each key), '
+                             'not **, which also matches the objects that hold them', left(v_path, 200));
     END IF;
     IF NOT p_rule ?| ARRAY['min', 'max', 'enum', 'type', 'required', 'immutable', 'max_change'] THEN
         RAISE EXCEPTION USING ERRCODE = 'SM012', MESSAGE = format('the rule for "%s" constrains nothing: give min, '

@@ -1,7 +1,8 @@
 -- sms.policy_relation(rule_keys, path): how a rule's path glob concerns a delta's path, or NULL
 -- when it does not:
---   'exact' — the glob matches the path (or a `**` glob matches an ancestor of it): the value at
---             the path itself is checked (base = the path);
+--   'exact' — the glob matches the path, or a `**` glob matches it or an ancestor of it: the value
+--             at the path itself is checked (base = the path). So `config.**` with immutable keeps
+--             every value under config that exists, and lets new keys be added beside them;
 --   'below' — the glob matches paths under it: the values under the path that match `rest` are
 --             checked (base = the path);
 --   'above' — the glob matches an ancestor (base): a change under it changes that ancestor.

@@ -142,18 +142,19 @@ class Authenticator:
         rate = principal.rate_limit or self.settings.rate_limit
         if principal.key_id is None or rate <= 0:
             return
+        burst = max(1.0, 2 * rate)
         lease = self._leases.setdefault(principal.key_id, _Lease())
         if lease.tokens <= 0 or time.monotonic() >= lease.until:
             async with lease.lock:
                 if lease.tokens <= 0 or time.monotonic() >= lease.until:
                     wanted = max(1, math.ceil(rate * LEASE_SHARE))
-                    granted, retry_after = await self.db.take_tokens(principal.key_id, rate, 2 * rate, wanted)
+                    granted, retry_after = await self.db.take_tokens(principal.key_id, rate, burst, wanted)
                     if granted == 0:
                         raise Problem(
                             429,
                             "rate-limited",
                             "Too many requests",
-                            f"this key may make {rate:g} requests per second (bursts of {2 * rate:g})",
+                            f"this key may make {rate:g} requests per second (bursts of {burst:g})",
                             headers={"Retry-After": str(max(1, math.ceil(retry_after or 1)))},
                         )
                     lease.tokens, lease.until = granted, time.monotonic() + LEASE_SECONDS

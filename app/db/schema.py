@@ -189,7 +189,7 @@ policies = Table(
     Column("keys", ARRAY(Text), nullable=False),
     Column("anchor", Text(collation="C"), nullable=False),
     Column("rule", JSONB, nullable=False),
-    PrimaryKeyConstraint("tenant_id", "fsa_id", "rule_no"),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "anchor", "rule_no"),
 )
 
 policy_changes = Table(

@@ -123,7 +123,7 @@ class Principal:
             scope=highest_scope(record["scopes"]),
             actor=record.get("actor"),
             aml_level=record.get("aml_level"),
-            rate_limit=record.get("rate_limit"),
+            rate_limit=float(record["rate_limit"]) if record.get("rate_limit") is not None else None,
         )
 
     def may_touch(self, tenant_id: str) -> bool:

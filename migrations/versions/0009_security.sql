@@ -52,8 +52,8 @@ $$;
 -- values a delta produces (sms.policy_targets, sms.policy_violations). fsa_id '' holds the
 -- tenant's defaults; a state's own rules on a path replace the defaults on that path. `keys` is
 -- the rule's path glob split into keys; `anchor` its literal leading keys as a dotted path ('' when
--- it starts with a glob), so that the rules that can concern a delta's path are found by a few
--- index probes, however many rules there are.
+-- it starts with a glob). The primary key leads with the anchor, so that the rules that can concern
+-- a delta's path are found by a few searches of it, however many rules there are.
 CREATE TABLE sms.policies (
     tenant_id text             NOT NULL,
     fsa_id    text             NOT NULL,   -- '' = the tenant's defaults
@@ -62,9 +62,8 @@ CREATE TABLE sms.policies (
     keys      text[]           NOT NULL,
     anchor    text COLLATE "C" NOT NULL,
     rule      jsonb            NOT NULL,   -- the normalised rule (sms.check_rule)
-    PRIMARY KEY (tenant_id, fsa_id, rule_no)
+    PRIMARY KEY (tenant_id, fsa_id, anchor, rule_no)
 );
-CREATE INDEX policies_by_anchor ON sms.policies (tenant_id, fsa_id, anchor);
 
 -- ===== sql/023_policy_changes.sql
 -- sms.policy_changes: every change of a rule set (sms.set_policy), who made it and the rules it
@@ -174,7 +173,9 @@ $$;
 -- ===== sql/038_check_rule.sql
 -- sms.check_rule(rule): checks one policy rule and returns it normalised (DESIGN §10):
 --   {"path": "resources.inventory.*",        a path glob: dotted keys, `*` and `?` within a key,
---                                             `**` as the last key for "this and everything below"
+--                                             `**` as the last key for "this and everything below",
+--                                             checked at each path a delta writes there (so with
+--                                             `**` only required, immutable and max_change apply)
 --    "min": n, "max": n,                     a number within bounds
 --    "enum": [v, ...],                       one of these values
 --    "type": "string|number|integer|boolean|object|array|null",
@@ -215,6 +216,11 @@ BEGIN
     IF '**' = ANY (v_keys[1:cardinality(v_keys) - 1]) THEN
         RAISE EXCEPTION USING ERRCODE = 'SM012',
             MESSAGE = format('invalid rule path "%s": ** may only be the last key', left(v_path, 200));
+    END IF;
+    IF v_keys[cardinality(v_keys)] = '**' AND p_rule ?| ARRAY['min', 'max', 'enum', 'type'] THEN
+        RAISE EXCEPTION USING ERRCODE = 'SM012',
+            MESSAGE = format('the rule for "%s": min, max, enum and type need a path to values (use * for each key), '
+                             'not **, which also matches the objects that hold them', left(v_path, 200));
     END IF;
     IF NOT p_rule ?| ARRAY['min', 'max', 'enum', 'type', 'required', 'immutable', 'max_change'] THEN
         RAISE EXCEPTION USING ERRCODE = 'SM012', MESSAGE = format('the rule for "%s" constrains nothing: give min, '
@@ -273,8 +279,9 @@ $$;
 -- ===== sql/042_policy_relation.sql
 -- sms.policy_relation(rule_keys, path): how a rule's path glob concerns a delta's path, or NULL
 -- when it does not:
---   'exact' — the glob matches the path (or a `**` glob matches an ancestor of it): the value at
---             the path itself is checked (base = the path);
+--   'exact' — the glob matches the path, or a `**` glob matches it or an ancestor of it: the value
+--             at the path itself is checked (base = the path). So `config.**` with immutable keeps
+--             every value under config that exists, and lets new keys be added beside them;
 --   'below' — the glob matches paths under it: the values under the path that match `rest` are
 --             checked (base = the path);
 --   'above' — the glob matches an ancestor (base): a change under it changes that ancestor.
@@ -459,36 +466,57 @@ $$;
 
 -- ===== sql/066_policy_targets.sql
 -- sms.policy_targets(tenant, fsa, ops, aml_level): the policy rules that concern a delta's ops,
--- each with the op's path and how the rule's glob relates to it (sms.policy_relation); NULL when
--- none does. The state's own rules and the tenant's defaults (fsa_id ''), a state's rule on a path
+-- each with how the rule's glob relates to the op's path (sms.policy_relation); NULL when none
+-- does. The state's own rules and the tenant's defaults (fsa_id ''), a state's rule on a path
 -- replacing the defaults on that path; AML rules only when the level is below theirs (no level
--- counts as 0). Cost: a few index probes per op (sms.policy_anchor), however many rules the state
--- or tenant has on other paths; rules whose path starts with a glob are looked at for every op.
--- A rule above an op's path that only says `required` is left out: a change below a value never
--- removes it.
+-- counts as 0). A rule above an op's path that only says `required` is left out: a change below a
+-- value never removes it.
+-- Cost: two index searches per op (its primary key: the rules anchored at one of the path's
+-- prefixes, and those anchored below it), however many rules the state or tenant has on other
+-- paths; rules whose path starts with a glob (anchor '') are looked at for every op.
 CREATE OR REPLACE FUNCTION sms.policy_targets(p_tenant_id text, p_fsa_id text, p_ops jsonb, p_aml_level integer)
 RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT jsonb_agg(jsonb_build_object('rule', r.rule, 'relation', rel.relation, 'base', to_jsonb(rel.base),
-                                        'rest', to_jsonb(rel.rest))
-                     ORDER BY op.n, r.fsa_id, r.rule_no)
-      FROM (SELECT o.n, ARRAY(SELECT jsonb_array_elements_text(o.op -> 'path')) AS keys
-              FROM jsonb_array_elements(p_ops) WITH ORDINALITY o(op, n)) op
-     CROSS JOIN LATERAL (
-            SELECT sms.format_path(op.keys) COLLATE "C" AS dotted,
-                   ARRAY(SELECT coalesce(sms.format_path(op.keys[1:i]), '') COLLATE "C"
-                           FROM generate_series(0, cardinality(op.keys)) i) AS prefixes) p
-      JOIN sms.policies r
-        ON r.tenant_id = p_tenant_id AND r.fsa_id IN ('', p_fsa_id)
-       AND (r.anchor = ANY (p.prefixes) OR (r.anchor > p.dotted || '.' AND r.anchor < p.dotted || '/'))
-     CROSS JOIN LATERAL sms.policy_relation(r.keys, op.keys) rel
-     WHERE rel.relation IS NOT NULL
-       AND NOT (rel.relation = 'above'
-                AND NOT r.rule ?| ARRAY['min', 'max', 'enum', 'type', 'immutable', 'max_change'])
-       AND (NOT r.rule ? 'aml_below' OR coalesce(p_aml_level, 0) < (r.rule ->> 'aml_below')::integer)
-       AND (r.fsa_id <> '' OR NOT EXISTS (
-                SELECT FROM sms.policies s
-                 WHERE s.tenant_id = p_tenant_id AND s.fsa_id = p_fsa_id AND s.anchor = r.anchor AND s.path = r.path));
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    v_keys     text[];
+    v_prefixes text[];
+    v_dotted   text;
+    v_found    jsonb := '[]';
+BEGIN
+    FOR v_keys IN SELECT ARRAY(SELECT jsonb_array_elements_text(o -> 'path')) FROM jsonb_array_elements(p_ops) o LOOP
+        v_prefixes := ARRAY(SELECT coalesce(sms.format_path(v_keys[1:i]), '')
+                              FROM generate_series(0, cardinality(v_keys)) i);
+        v_dotted := sms.format_path(v_keys);
+        v_found := v_found || coalesce((
+            WITH candidates AS (
+                -- one key search per (defaults or state, anchor): each a LATERAL subquery kept apart
+                -- (OFFSET 0), so that no estimate of a table without statistics can turn them into
+                -- a scan of every rule of the tenant
+                SELECT r.* FROM unnest(ARRAY['', p_fsa_id]) f(fsa_id), unnest(v_prefixes) a(anchor),
+                       LATERAL (SELECT * FROM sms.policies r
+                                 WHERE r.tenant_id = p_tenant_id AND r.fsa_id = f.fsa_id
+                                   AND r.anchor = a.anchor COLLATE "C" OFFSET 0) r
+                UNION ALL
+                SELECT r.* FROM unnest(ARRAY['', p_fsa_id]) f(fsa_id),
+                       LATERAL (SELECT * FROM sms.policies r
+                                 WHERE r.tenant_id = p_tenant_id AND r.fsa_id = f.fsa_id
+                                   AND r.anchor > (v_dotted || '.') COLLATE "C"
+                                   AND r.anchor < (v_dotted || '/') COLLATE "C" OFFSET 0) r
+            )
+            SELECT jsonb_agg(jsonb_build_object('rule', r.rule, 'relation', rel.relation, 'base', to_jsonb(rel.base),
+                                                'rest', to_jsonb(rel.rest))
+                             ORDER BY r.fsa_id, r.rule_no)
+              FROM candidates r, LATERAL sms.policy_relation(r.keys, v_keys) rel
+             WHERE rel.relation IS NOT NULL
+               AND NOT (rel.relation = 'above'
+                        AND NOT r.rule ?| ARRAY['min', 'max', 'enum', 'type', 'immutable', 'max_change'])
+               AND (NOT r.rule ? 'aml_below' OR coalesce(p_aml_level, 0) < (r.rule ->> 'aml_below')::integer)
+               -- a state's own rule on a path replaces the defaults on it (it has the same anchor)
+               AND (r.fsa_id <> '' OR NOT EXISTS (SELECT FROM candidates s WHERE s.fsa_id <> '' AND s.path = r.path))
+        ), '[]');
+    END LOOP;
+    RETURN nullif(v_found, '[]');
+END;
 $$;
 
 -- ===== sql/067_policy_values.sql
@@ -892,7 +920,8 @@ GRANT EXECUTE ON FUNCTION sms.keys_exist() TO sms_api;
 -- sms.take_tokens(key_id, rate, burst, wanted): takes up to `wanted` tokens from the key's bucket,
 -- which refills at `rate` per second up to `burst`, and returns how many it got and, when none,
 -- after how many seconds one is there. The buckets are shared by every process of the service,
--- which takes tokens a few at a time. Callers of one bucket are serialised by its row.
+-- which takes tokens a few at a time. Callers of one bucket are serialised by its row. Only keys
+-- that exist get a bucket.
 CREATE OR REPLACE FUNCTION sms.take_tokens(p_key_id text, p_rate double precision, p_burst double precision,
                                            p_wanted integer, OUT granted integer, OUT retry_after double precision)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -901,9 +930,14 @@ DECLARE
     v_bucket sms.rate_buckets;
     v_tokens double precision;
 BEGIN
-    INSERT INTO sms.rate_buckets (key_id, tokens, updated_at) VALUES (p_key_id, p_burst, v_now)
+    INSERT INTO sms.rate_buckets (key_id, tokens, updated_at)
+    SELECT p_key_id, p_burst, v_now WHERE EXISTS (SELECT FROM sms.api_keys WHERE key_id = p_key_id)
     ON CONFLICT (key_id) DO NOTHING;
     SELECT * INTO v_bucket FROM sms.rate_buckets WHERE key_id = p_key_id FOR UPDATE;
+    IF NOT FOUND THEN
+        granted := 0;
+        RETURN;
+    END IF;
     v_tokens := least(p_burst, v_bucket.tokens
                                + p_rate * greatest(0, extract(epoch FROM v_now - v_bucket.updated_at)));
     granted := least(p_wanted, floor(v_tokens))::integer;
