@@ -10,7 +10,6 @@ import logging
 import os
 import platform
 import random
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -22,11 +21,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
-import uvicorn
 
-from app.api.app import create_app
 from app.db import migrate
 from app.db.embedded import start_embedded
+from app.demo import local_service
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -224,26 +222,10 @@ async def http_service(
     concurrent requests, sending `headers` (an API key) with each. With no key made in the
     database, the service is in protected mode and serves this loopback client without one."""
     settings = Settings(database_url=database_url, pool_min_size=workers, pool_max_size=workers + 2)
-    # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose protocol says TCP; on
-    # `socket.socket()` (protocol 0) every response would wait ~40 ms for a delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(create_app(settings, database_url), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
+    async with local_service(settings, database_url) as base_url:
         limits = httpx.Limits(max_connections=workers)
         async with httpx.AsyncClient(base_url=base_url, limits=limits, headers=headers) as client:
             yield client
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

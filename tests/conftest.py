@@ -8,10 +8,8 @@ delivered on commit) and still never see each other's data.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -22,8 +20,7 @@ from urllib.parse import quote
 import asyncpg
 import psycopg
 import pytest
-import uvicorn
-from helpers import service_settings
+from helpers import service_settings, serving
 from litestar.testing import AsyncTestClient
 from pytest_postgresql.janitor import DatabaseJanitor
 
@@ -169,20 +166,5 @@ def make_client(settings: Settings):
 @pytest.fixture
 async def live_url(settings: Settings) -> AsyncIterator[str]:
     """The service on a real socket (uvicorn) in this event loop; yields its base URL."""
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that name it
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings, settings.database_url), log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
+    async with serving(settings) as url:
+        yield url

@@ -7,16 +7,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from app.demo import local_service
 from app.settings import Settings
 
+ROOT = Path(__file__).resolve().parents[1]
 TEST_HOST = "testserver.local"  # the Host header of Litestar's test client
 TENANT = "t"
 FSA = "f"
@@ -29,6 +35,33 @@ def service_settings(database_url: str, **changes: Any) -> Settings:
     """The service as most tests run it: no key made, and every client served (the test client is
     no loopback client). tests/test_auth.py and tests/test_browsers.py test who may do what."""
     return Settings(database_url=database_url, insecure_no_auth=True, allowed_hosts=(TEST_HOST,), **changes)
+
+
+def serving(settings: Settings) -> contextlib.AbstractAsyncContextManager[str]:
+    """The service under uvicorn on a real 127.0.0.1 socket (so its clients are loopback ones), in
+    this event loop; yields its base URL."""
+    return local_service(settings, settings.database_url)
+
+
+def sms_env(database_url: str | None = None) -> dict[str, str]:
+    """This environment for an `sms` subprocess: no SMS_* setting but the database's, if given."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SMS_")}
+    if database_url is not None:
+        env["SMS_DATABASE_URL"] = database_url
+    return env
+
+
+def run_sms(*args: str, database_url: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`sms …` as a user runs it, in a subprocess, on `database_url` (as its owner) when given."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=sms_env(database_url),
+        cwd=ROOT,
+        check=False,
+    )
 
 
 async def apply_delta(

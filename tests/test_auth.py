@@ -24,21 +24,17 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from helpers import apply_delta, assert_problem, log_rows
+from helpers import ROOT, apply_delta, assert_problem, log_rows, run_sms, serving, sms_env
 
 from app.api.app import create_app
 from app.domain.keys import SCOPES, NewKey, looks_like_key
@@ -52,7 +48,6 @@ LINEAGE = "L1"
 WAIT_SECONDS = 60.0  # the most any wait may take; generous, so slow machines never fail
 STREAM_TIMEOUT = httpx.Timeout(10.0, read=None)  # an SSE stream may stay silent; waits are bounded elsewhere
 CHALLENGE = 'Bearer realm="sms"'
-REPO = Path(__file__).resolve().parent.parent
 
 
 # ---------------------------------------------------------------- helpers
@@ -75,26 +70,6 @@ def auth_on(**changes: Any) -> dict[str, Any]:
     return {"insecure_no_auth": False, "rate_limit": 0, **changes}
 
 
-@contextlib.asynccontextmanager
-async def serving(settings: Settings) -> AsyncIterator[str]:
-    """The app under uvicorn on a real 127.0.0.1 socket (a loopback client), in this loop."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, settings.database_url), log_level="warning"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
 async def seed(conn) -> None:
     """The same content in A and B: a task (comments need one), a counter, a lineage."""
     for tenant in (A, B):
@@ -106,25 +81,6 @@ def assert_unauthorized(response: httpx.Response) -> dict[str, Any]:
     body = assert_problem(response, 401, "unauthorized")
     assert response.headers["www-authenticate"].startswith(CHALLENGE), response.headers
     return body
-
-
-def run_sms(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
-    """`sms …` as a user runs it, on the test database as its owner."""
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=sms_env(database_url),
-        cwd=REPO,
-        check=False,
-    )
-
-
-def sms_env(database_url: str) -> dict[str, str]:
-    """This environment without any SMS_* setting but the database's."""
-    clean = {name: value for name, value in os.environ.items() if not name.startswith("SMS_")}
-    return {**clean, "SMS_DATABASE_URL": database_url}
 
 
 def free_port() -> int:
@@ -754,7 +710,7 @@ async def test_serve_on_a_public_address_with_insecure_no_auth_starts(database_u
         *(sys.executable, "-m", "app.cli", "serve", "--host", "0.0.0.0", "--port", str(port)),
         *("--no-migrate", "--insecure-no-auth"),
         env=sms_env(database_url),
-        cwd=REPO,
+        cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )

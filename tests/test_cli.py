@@ -5,16 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 
+from helpers import run_sms
+
 from app import __version__
-
-
-def run_sms(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=60, env=env, check=False
-    )
 
 
 def test_version_and_help():
@@ -53,8 +48,7 @@ async def test_listen_prints_the_log_then_live_changes_as_json_lines(database_ur
 
 
 def test_an_unreachable_database_is_one_clear_line_without_the_password():
-    env = {**os.environ, "SMS_DATABASE_URL": "postgresql://postgres:s3cret@127.0.0.1:1/nowhere"}
-    result = run_sms("migrate", env=env)
+    result = run_sms("migrate", database_url="postgresql://postgres:s3cret@127.0.0.1:1/nowhere")
     assert result.returncode != 0
     assert "sms: the database is unavailable" in result.stderr
     assert "Traceback" not in result.stderr and "s3cret" not in result.stderr + result.stdout

@@ -25,14 +25,11 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
-from helpers import apply_delta, assert_problem
+from helpers import apply_delta, assert_problem, serving
 
-from app.api.app import create_app
 from app.db.listener import Listener
 from app.db.queries import Database
 from app.feed import Feed
-from app.settings import Settings
 
 TENANT = "feed"
 WAIT_SECONDS = 60.0  # the most any wait for the feed may take; generous, so slow machines never fail
@@ -646,28 +643,9 @@ async def test_the_slice_filter_delivers_exactly_the_changes_that_touch_the_slic
 # 6. keep-alives and the NOTIFY payload
 
 
-@contextlib.asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[str]:
-    """The service on a real socket with these settings (the pattern of conftest's live_url)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, settings.database_url), log_level="warning"))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()
-
-
 async def test_an_idle_stream_gets_keep_alive_comments(settings, conn):
     async with (
-        serve(replace(settings, keepalive_seconds=1)) as base_url,
+        serving(replace(settings, keepalive_seconds=1)) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=STREAM_TIMEOUT) as http,
     ):
         per_state, tenant = Subscriber("SSE (a)"), Subscriber("SSE (tenant)")
@@ -690,7 +668,7 @@ async def test_a_filtered_stream_gets_keep_alives_while_only_changes_outside_its
     """Keep-alives are due after keepalive_seconds without an event; a change the slice filters
     out is no event, so a proxy would otherwise drop a busy state's filtered stream as idle."""
     async with (
-        serve(replace(settings, keepalive_seconds=1)) as base_url,
+        serving(replace(settings, keepalive_seconds=1)) as base_url,
         httpx.AsyncClient(base_url=base_url, timeout=STREAM_TIMEOUT) as http,
     ):
         subscriber = Subscriber("SSE slice=task:X*")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psycopg
 from alembic.script import ScriptDirectory
-from helpers import expected_counts
+from helpers import expected_counts, run_sms
 from sqlalchemy.dialects import postgresql
 
 from app.db import migrate
@@ -219,20 +219,13 @@ def test_schema_metadata_matches_the_migrated_catalog(database_url):
     assert metadata_tables() == catalog_tables(database_url)
 
 
-def run_cli(*args: str, url: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SMS_DATABASE_URL": url}
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_sms_migrate_cli_upgrades_an_empty_database(empty_database_url):
-    done = run_cli("migrate", url=empty_database_url)
+    done = run_sms("migrate", database_url=empty_database_url)
     assert done.returncode == 0, done.stderr
     assert "migrated to head" in done.stdout
     assert alembic_versions(empty_database_url) == [head()]
     check_works(empty_database_url)
-    again = run_cli("migrate", url=empty_database_url)
+    again = run_sms("migrate", database_url=empty_database_url)
     assert again.returncode == 0, again.stderr
     assert alembic_versions(empty_database_url) == [head()]
 
@@ -260,7 +253,7 @@ def test_concurrent_sms_migrate_runs_migrate_once(empty_database_url):
 
 
 def test_sms_migrate_cli_fails_cleanly_on_an_unknown_revision(empty_database_url):
-    done = run_cli("migrate", "no-such-revision", url=empty_database_url)
+    done = run_sms("migrate", "no-such-revision", database_url=empty_database_url)
     assert done.returncode != 0
     assert "no-such-revision" in done.stderr
     assert not has_sms_schema(empty_database_url)

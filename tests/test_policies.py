@@ -10,9 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -31,6 +28,7 @@ from helpers import (
     log_versions,
     logged_plans,
     plan_nodes,
+    run_sms,
     service_settings,
     snapshot,
     version,
@@ -747,17 +745,6 @@ async def test_sql_writers_of_mixed_amounts_spend_the_budget_to_exactly_0(databa
 
 
 # ---------------------------------------------------------------- the original preset
-
-
-def run_sms(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "SMS_DATABASE_URL": database_url},
-        check=False,
-    )
 
 
 async def test_the_original_preset_refuses_the_originals_own_example(client, conn, database_url):
