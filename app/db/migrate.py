@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from pathlib import Path
 
 from alembic import command, op
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def alembic_config(database_url: str) -> Config:
-    config = Config(str(ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    """The migrations as the package ships them (app._migrations: migrations/, mapped by
+    pyproject.toml), the same in a checkout, an editable install and a wheel. No alembic.ini is
+    read: that file serves the `alembic` command in a checkout."""
+    config = Config()
+    # alembic imports the revisions from files: the package is installed as a directory (pip does)
+    config.set_main_option("script_location", str(files("app._migrations")))
     # passed as an attribute, not an option: URLs may hold % which ini interpolation would eat
     config.attributes["database_url"] = database_url
     return config

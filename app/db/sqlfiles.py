@@ -1,10 +1,12 @@
-"""The current definitions in sql/, in install order (file names sort in dependency order)."""
+"""The current definitions in sql/, in install order (file names sort in dependency order).
 
-from pathlib import Path
+sql/ ships inside the package as app._sql (pyproject.toml maps it), so it is found the same way
+in a checkout, an editable install and a wheel."""
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+from importlib.resources import files
 
 
 def current_sql() -> str:
     """All of sql/ as one script: what a fresh database built from the present would run."""
-    return "\n".join(path.read_text() for path in sorted(SQL_DIR.glob("*.sql")))
+    scripts = [entry for entry in files("app._sql").iterdir() if entry.name.endswith(".sql")]
+    return "\n".join(script.read_text(encoding="utf-8") for script in sorted(scripts, key=lambda script: script.name))

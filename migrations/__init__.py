@@ -1,0 +1,3 @@
+"""The alembic migrations, installed as the package app._migrations (pyproject.toml maps this
+directory; app/db/migrate.py finds it there). A regular package, not a namespace one, because
+setuptools' editable installs cannot map a directory without __init__.py into another package."""
