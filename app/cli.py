@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
 import os
+import signal
+import socket
 import sys
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app import __version__
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from app.db.embedded import EmbeddedPostgres
 
 T = TypeVar("T")
 
@@ -51,40 +60,106 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> None:
-    import uvicorn
-
+    """Serve until SIGTERM or SIGINT; then end the SSE streams, let the requests in flight finish
+    within the grace period, stop the embedded PostgreSQL (if it is ours) and exit 0."""
     from app.api.app import create_app
     from app.db import migrate
+    from app.db.embedded import EmbeddedPostgres
 
-    url = database_url(settings)
-    if settings.migrate_on_start and not args.no_migrate:
-        migrate.upgrade(url)
-    settings = replace(
-        settings,
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        insecure_no_auth=settings.insecure_no_auth or args.insecure_no_auth,
-    )
-    keys_exist = on_database(url, lambda db: db.keys_exist())
-    if settings.auth == "required" or keys_exist:
-        access = "API keys required"
-    elif settings.insecure_no_auth:
-        access = "WARNING: no API key exists and --insecure-no-auth is given: every client may do anything"
-    elif not _is_loopback(settings.host):
-        raise SystemExit(
-            f"sms: refusing to listen on {settings.host} while no API key exists: anyone reaching the port could "
-            "read and change every tenant's state. Make a key first (`sms keys create --tenant T --scopes admin`), "
-            "or pass --insecure-no-auth."
+    # until the server takes them over, a stop signal unwinds whatever has started, as Ctrl+C does
+    signal.signal(signal.SIGTERM, _interrupt)
+    embedded = None if settings.database_url else EmbeddedPostgres(settings.data_dir)
+    try:
+        url = embedded.start() if embedded else settings.database_url
+        if settings.migrate_on_start and not args.no_migrate:
+            migrate.upgrade(url)
+        settings = replace(
+            settings,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            insecure_no_auth=settings.insecure_no_auth or args.insecure_no_auth,
         )
-    else:
-        access = "protected mode: no API key exists, so only loopback clients are served (make one: sms keys create)"
-    app = create_app(settings, url)
-    where = "embedded PostgreSQL in " + str(settings.data_dir) if not settings.database_url else "SMS_DATABASE_URL"
-    print(
-        f"State Memory Service {__version__} on http://{settings.host}:{settings.port} (database: {where}; {access})",
-        flush=True,
+        keys_exist = on_database(url, lambda db: db.keys_exist())
+        if settings.auth == "required" or keys_exist:
+            access = "API keys required"
+        elif settings.insecure_no_auth:
+            access = "WARNING: no API key exists and --insecure-no-auth is given: every client may do anything"
+        elif not _is_loopback(settings.host):
+            raise SystemExit(
+                f"sms: refusing to listen on {settings.host} while no API key exists: anyone reaching the port "
+                "could read and change every tenant's state. Make a key first (`sms keys create --tenant T "
+                "--scopes admin`), or pass --insecure-no-auth."
+            )
+        else:
+            access = (
+                "protected mode: no API key exists, so only loopback clients are served (make one: sms keys create)"
+            )
+        app = create_app(settings, url)
+        where = "embedded PostgreSQL in " + str(settings.data_dir) if embedded else "SMS_DATABASE_URL"
+        print(
+            f"State Memory Service {__version__} on http://{settings.host}:{settings.port} "
+            f"(database: {where}; {access})",
+            flush=True,
+        )
+        database_lost = _serve_until_stopped(app, settings, embedded)
+    except KeyboardInterrupt:
+        return  # stopped while starting
+    finally:
+        if embedded is not None:
+            # a second signal must not cut the stop of PostgreSQL short (pg_ctl inherits SIG_IGN too)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+            embedded.stop()
+    if database_lost:
+        raise SystemExit("sms: stopped: the embedded PostgreSQL died and could not be restarted")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _serve_until_stopped(app: Litestar, settings: Settings, embedded: EmbeddedPostgres | None) -> bool:
+    """uvicorn until SIGTERM or SIGINT (a second SIGINT cuts the grace period short), with the
+    embedded PostgreSQL, if any, restarted whenever it dies. True when it stopped because that
+    failed."""
+    import uvicorn
+
+    from app.api.app import begin_shutdown
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn's own raises the signal again after the shutdown, which kills the process
+            # before it can stop PostgreSQL and exit 0: here a signal only starts the shutdown
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            begin_shutdown(app)  # else the SSE streams would take the whole grace period
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    server = Server(config)
+    lost = threading.Event()
+
+    def give_up() -> None:
+        lost.set()
+        server.should_exit = True
+
+    if embedded is not None:
+        embedded.supervise(on_give_up=give_up)
+    server.run()
+    return lost.is_set()
 
 
 def run_keys(args: argparse.Namespace, settings: Settings) -> None:

@@ -379,13 +379,14 @@ async def local_service(settings: Settings, database_url: str) -> AsyncIterator[
     """The app served by uvicorn in this event loop on a free 127.0.0.1 port; yields its base URL."""
     import uvicorn
 
-    from app.api.app import create_app
+    from app.api.app import begin_shutdown, create_app
 
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say so, and without it a
     # small body written after its headers waits for the client's delayed ACK (~40 ms)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, database_url), log_level="warning", lifespan="on"))
+    app = create_app(settings, database_url)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
@@ -395,6 +396,7 @@ async def local_service(settings: Settings, database_url: str) -> AsyncIterator[
             await asyncio.sleep(0.02)
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
+        begin_shutdown(app)  # SSE streams end with their `shutdown` event rather than hold the exit
         server.should_exit = True
         await task
         sock.close()

@@ -8,7 +8,8 @@ periodic poll covers notifications that never came. Use it on the database direc
         async for change in feed.subscribe("acme", "launch", since=0):
             ...
 
-The HTTP service uses the same class behind its SSE endpoints.
+The HTTP service uses the same class behind its SSE endpoints, and closes it when it shuts down:
+every subscription then ends, and each SSE stream with a last event saying so.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from app.db.listener import Listener
+from app.db.listener import Listener, Wakeup
 from app.db.queries import Database
 from app.errors import Problem
 
@@ -77,6 +78,8 @@ class Feed:
         self.poll_interval = poll_interval
         self.batch = batch
         self.max_retry_delay = max_retry_delay
+        self.closed = False
+        self._subscriptions: set[Wakeup] = set()
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -91,6 +94,13 @@ class Feed:
             await listener.stop()
             await db.close()
 
+    def close(self) -> None:
+        """End every subscription, those to come too: each returns once the change it is yielding
+        has been taken (a graceful shutdown; subscribers resume from their last position)."""
+        self.closed = True
+        for wakeup in self._subscriptions:
+            wakeup.event.set()
+
     async def subscribe(
         self,
         tenant_id: str,
@@ -104,15 +114,17 @@ class Feed:
         """Changes after `since` — a version for one state, or an event id ("fsa:version") for a
         tenant — oldest first, then live. With `slice_spec`, only changes that touch the slice.
         With `idle_timeout`, yields None after that many idle seconds (for keep-alives). `db`
-        reads the log (the HTTP service's acts for the request's key); the feed's own by default."""
+        reads the log (the HTTP service's acts for the request's key); the feed's own by default.
+        Ends when the feed is closed."""
         db = db or self.db
         position = await self.position(tenant_id, fsa_id, since, db)
         wakeup = self.listener.register(tenant_id, fsa_id)
+        self._subscriptions.add(wakeup)
         clock = asyncio.get_running_loop().time
         last_sent = clock()
         retry = 0.0  # > 0 while a notified delta is not readable yet, or the database is away
         try:
-            while True:
+            while not self.closed:
                 wakeup.event.clear()
                 try:
                     rows = await db.read_feed(
@@ -133,11 +145,14 @@ class Feed:
                 if idle_timeout is not None:
                     wait = max(0.0, min(wait, last_sent + idle_timeout - clock()))
                 notified = await _wait(wakeup.event, wait)
+                if self.closed:
+                    return
                 if idle_timeout is not None and clock() - last_sent >= idle_timeout:
                     last_sent = clock()
                     yield None
                 retry = self._next_retry(retry, rows, notified, one_state=fsa_id is not None)
         finally:
+            self._subscriptions.discard(wakeup)
             self.listener.unregister(wakeup)
 
     def _next_retry(self, retry: float, rows: list | None, notified: bool, *, one_state: bool) -> float:

@@ -100,6 +100,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API (CORS is off without any)
     rate_limit: float = 100.0  # requests per second per key, bursts of twice that or 1 (0: no limit)
     key_cache_seconds: float = 5.0  # how long a process trusts what it read of a key (revocation delay)
+    shutdown_grace_seconds: float = 10.0  # on SIGTERM/SIGINT, how long requests in flight may take to finish
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -125,5 +126,6 @@ class Settings:
             cors_origins=_list("SMS_CORS_ORIGINS"),
             rate_limit=_float("SMS_RATE_LIMIT", cls.rate_limit),
             key_cache_seconds=_float("SMS_KEY_CACHE_SECONDS", cls.key_cache_seconds),
+            shutdown_grace_seconds=_float("SMS_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
             limits=Limits.from_env(),
         )

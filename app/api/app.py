@@ -101,6 +101,15 @@ CORS_REQUEST_HEADERS = [
 CORS_RESPONSE_HEADERS = ["etag", "retry-after", "www-authenticate"]
 
 
+def begin_shutdown(app: Litestar) -> None:
+    """The first step of a graceful shutdown, before the server waits for the requests in flight:
+    end every SSE stream (with its `shutdown` event), since those would never finish by themselves.
+    Streams asked for from now on end at once the same way."""
+    feed: Feed | None = app.state.get("feed")
+    if feed is not None:
+        feed.close()
+
+
 def create_app(settings: Settings, database_url: str) -> Litestar:
     """The service, serving `database_url` (already migrated) within `settings`. Its requests run
     as the role of `settings.api_database_url` (default: sms_api on the same server)."""

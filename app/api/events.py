@@ -4,6 +4,10 @@ Each event is one delta: `id` is its version (`fsa:version` on the tenant feed),
 metadata and ops as JSON. Resume with the Last-Event-ID header (browsers send it on reconnect) or
 `since`; what was missed is replayed from the log first, then the stream goes live. Idle streams
 get keep-alive comments. `slice=` keeps only changes that touch that slice.
+
+When the service shuts down, every stream ends with one `shutdown` event: its `retry` field asks
+the client to reconnect a few seconds later (to this service restarted, or to another replica),
+and its data names the last event id sent, from which to resume.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ SliceFilter = Annotated[
     str | None, QueryParameter(name="slice", max_length=2000, description="Only changes that touch this slice spec")
 ]
 Since = Annotated[str | None, QueryParameter(description="Resume after this event id (Last-Event-ID wins)")]
+
+SHUTDOWN_RETRY_MS = 5000  # how long a client waits before it reconnects after the shutdown event
 
 
 async def _check_request(
@@ -53,6 +59,7 @@ async def _events(
         tenant_id, fsa_id, since=since, slice_spec=slice_spec, idle_timeout=state.settings.keepalive_seconds, db=db
     )
     first = True
+    last_event_id = str(since) if since else None
     try:
         async for change in changes:
             if first:
@@ -61,10 +68,15 @@ async def _events(
             if change is None:
                 yield b": keep-alive\n\n"
                 continue
-            event_id = str(change.version) if fsa_id is not None else f"{change.fsa_id}:{change.version}"
-            yield b"id: " + event_id.encode() + b"\nevent: change\ndata: " + jsontext.encode(change.to_dict()) + b"\n\n"
+            last_event_id = str(change.version) if fsa_id is not None else f"{change.fsa_id}:{change.version}"
+            data = jsontext.encode(change.to_dict())
+            yield b"id: " + last_event_id.encode() + b"\nevent: change\ndata: " + data + b"\n\n"
     finally:
         await changes.aclose()
+    # a subscription ends only when the feed is closed, at shutdown; no `id:` line, which would
+    # change the id the client resumes from
+    notice = {"status": "shutting down", "retry_ms": SHUTDOWN_RETRY_MS, "last_event_id": last_event_id}
+    yield f"event: shutdown\nretry: {SHUTDOWN_RETRY_MS}\ndata: ".encode() + jsontext.encode(notice) + b"\n\n"
 
 
 @get("/state/{tenant_id:str}/{fsa_id:str}/events", opt=READ)
