@@ -31,6 +31,7 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
     # the same answer as for anything that is not there
     "42501": (404, "not-found", "Not found"),
     "42601": (400, "invalid-predicate", "The where predicate is not valid SQL/JSON path"),
+    "42704": (400, "invalid-predicate", "The where predicate names a variable that is not there"),
     "2201B": (400, "invalid-predicate", "A regular expression in the predicate is invalid"),
     "22003": (422, "number-out-of-range", "A number is out of range"),
     "22021": (400, "malformed-request", "The request holds a byte sequence that is not valid text"),
@@ -42,9 +43,24 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
     "57P01": (503, "database-unavailable", "The database is shutting down"),
     "57P02": (503, "database-unavailable", "The database is shutting down"),
     "57P03": (503, "database-unavailable", "The database is starting up"),
-    "08": (503, "database-unavailable", "The connection to the database failed"),  # the whole class
-    "40001": (503, "database-busy", "The database asked to retry"),
-    "40P01": (503, "database-busy", "The database asked to retry"),
+    # whole classes, for the codes not named above
+    "08": (503, "database-unavailable", "The connection to the database failed"),
+    "22": (422, "invalid-value", "A value is invalid"),
+    "23": (409, "conflict", "The write conflicts with what is stored"),
+    "40": (503, "database-busy", "The database asked to retry"),
+    "42": (503, "database-not-ready", "The database schema is not the one this service needs (run sms migrate)"),
+    "53": (503, "database-busy", "The database is out of resources"),
+    "54": (413, "limit-exceeded", "A value is too large"),
+    "55": (503, "database-busy", "The database is busy"),
+    "57": (503, "database-unavailable", "The database stopped the statement"),
+    "58": (503, "database-unavailable", "The database failed"),
+    "XX": (503, "database-unavailable", "The database failed"),
+}
+
+# SQLSTATEs whose server message would tell a client about the schema's internals (an index's name):
+# their problem says this instead.
+GENERIC_DETAILS = {
+    "54000": "a key or value is too large to store (keys are at most SMS_MAX_KEY_LENGTH characters)",
 }
 
 
@@ -114,6 +130,10 @@ def policy_violation(result: dict[str, Any]) -> Problem:
     )
 
 
+def database_busy(detail: str) -> Problem:
+    return Problem(503, "database-busy", "The database is busy", detail)
+
+
 def database_unavailable(detail: str = "the database is unavailable") -> Problem:
     return Problem(503, "database-unavailable", "The database is unavailable", detail)
 
@@ -130,4 +150,4 @@ def from_sqlstate(sqlstate: str | None, message: str, detail: str | None) -> Pro
             extra = jsontext.decode(detail)  # exact numbers: "current" values are reported as stored
         except ValueError:
             extra = {}
-    return Problem(status, slug, title, message, **extra)
+    return Problem(status, slug, title, GENERIC_DETAILS.get(sqlstate or "", message), **extra)

@@ -58,6 +58,7 @@ class Limits:
 
     max_body_bytes: int = 8 * 1024 * 1024  # a full-state replace may be a few MB; deltas are tiny
     max_paths: int = 1000  # paths in one delta
+    max_values: int = 250_000  # JSON values in one body (counted as its [ { and , characters)
     max_depth: int = 32  # nesting of JSON values in a body
     max_key_length: int = 512  # a delta path, in characters
     max_id_length: int = 128  # tenant, fsa, actor, lineage and idempotency ids, in characters
@@ -67,6 +68,7 @@ class Limits:
         return cls(
             max_body_bytes=_int("SMS_MAX_BODY_BYTES", cls.max_body_bytes),
             max_paths=_int("SMS_MAX_PATHS", cls.max_paths),
+            max_values=_int("SMS_MAX_VALUES", cls.max_values),
             max_depth=_int("SMS_MAX_DEPTH", cls.max_depth),
             max_key_length=_int("SMS_MAX_KEY_LENGTH", cls.max_key_length),
             max_id_length=_int("SMS_MAX_ID_LENGTH", cls.max_id_length),
@@ -90,6 +92,7 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 20
     statement_timeout_ms: int = 5000
+    where_timeout_ms: int = 1000  # slices filtered by a `where` predicate, cut off sooner
     notify: bool = True
     keepalive_seconds: float = 15.0  # SSE keep-alive comments on an idle feed
     feed_poll_seconds: float = 5.0  # subscribers re-read the log this often even without NOTIFY
@@ -116,6 +119,7 @@ class Settings:
             pool_min_size=_int("SMS_POOL_MIN_SIZE", cls.pool_min_size),
             pool_max_size=_int("SMS_POOL_MAX_SIZE", cls.pool_max_size),
             statement_timeout_ms=_int("SMS_STATEMENT_TIMEOUT_MS", cls.statement_timeout_ms),
+            where_timeout_ms=_int("SMS_WHERE_TIMEOUT_MS", cls.where_timeout_ms),
             notify=_bool("SMS_NOTIFY", cls.notify),
             keepalive_seconds=_int("SMS_KEEPALIVE_SECONDS", int(cls.keepalive_seconds)),
             feed_poll_seconds=_int("SMS_FEED_POLL_SECONDS", int(cls.feed_poll_seconds)),

@@ -5,10 +5,12 @@
 --    "expect": [{"path": [keys], "value": v} | {"path": [keys], "exists": bool}, ...]}
 -- Aliases are resolved ($addToSet -> add, $pull -> remove), a plain value becomes "set", $push
 -- operands become {"$each": [...], "$slice": n|null} and $add/$remove operands arrays.
--- Anything malformed raises SM001 naming the offending path; nothing is read or written.
+-- Anything malformed raises SM001 naming the offending path, and every value and operand is
+-- checked by sms.check_value (nesting, key lengths, numbers, no $-keys in plain values); nothing is
+-- read or written.
 -- Paths may not overlap (one a prefix of another), so the order of ops never matters.
 CREATE OR REPLACE FUNCTION sms.normalize_delta(p_delta jsonb) RETURNS jsonb
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
     v_key    text;
     v_value  jsonb;
@@ -27,6 +29,7 @@ BEGIN
 
     FOR v_key, v_value IN SELECT key, value FROM jsonb_each(p_delta) LOOP
         IF v_key = '$expect' THEN
+            PERFORM sms.check_value(v_key, v_value);
             v_expect := sms.normalize_expect(v_value);
             CONTINUE;
         END IF;
@@ -35,6 +38,10 @@ BEGIN
                 MESSAGE = format('"%s" is not a path: top-level keys starting with $ are reserved '
                                  '(only $expect is defined)', v_key),
                 DETAIL = jsonb_build_object('path', v_key)::text;
+        END IF;
+        IF length(v_key) > sms.limit_setting('max_key_length', 512) THEN
+            PERFORM sms.raise_invalid(left(v_key, 100), format('a path is %s characters long; at most %s are allowed',
+                                                               length(v_key), sms.limit_setting('max_key_length', 512)));
         END IF;
         v_path := sms.parse_path(v_key);
 
@@ -48,6 +55,7 @@ BEGIN
                     DETAIL = jsonb_build_object('path', v_key)::text;
             END IF;
             SELECT key, value INTO v_op, v_arg FROM jsonb_each(v_value);
+            PERFORM sms.check_value(v_key, v_arg);
             v_op := CASE v_op
                 WHEN '$set' THEN 'set'     WHEN '$unset' THEN 'unset'
                 WHEN '$inc' THEN 'inc'     WHEN '$max' THEN 'max'      WHEN '$min' THEN 'min'
@@ -59,7 +67,7 @@ BEGIN
                     v_op, v_key)) END;
             v_arg := sms.normalize_operand(v_key, v_op, v_arg);
         ELSE
-            PERFORM sms.check_literal(v_key, v_value);
+            PERFORM sms.check_value(v_key, v_value, true);
             v_op := 'set';
             v_arg := v_value;
         END IF;

@@ -42,7 +42,9 @@ BEGIN
         IF v_type IS NULL THEN
             RETURN p_arg;
         ELSIF v_type = 'number' THEN
-            RETURN to_jsonb(p_target::numeric + p_arg::numeric);
+            v_each := to_jsonb(p_target::numeric + p_arg::numeric);
+            PERFORM sms.check_number(p_at, v_each);  -- a sum may leave the range its terms kept
+            RETURN v_each;
         END IF;
     WHEN 'max', 'min' THEN
         IF v_type IS NULL THEN

@@ -1,14 +1,23 @@
--- sms.check_id(name, value): identifiers (tenant, fsa, actor, lineage, trace ids) are 1 to 128
--- bytes of text without control characters; tenant and fsa ids also without "/", since they are
--- single segments of URL paths. NULL passes (optional ids). Raises SM007.
+-- sms.check_id(name, value): identifiers (tenant, fsa, actor, lineage, trace ids, …) are 1 to 128
+-- bytes of text without control characters, and without invisible or direction-changing ones
+-- (zero-width spaces and joiners, soft hyphens, bidirectional marks and overrides, the byte-order
+-- mark), which would make two ids look alike. Ids that are segments of URL paths (tenant_id,
+-- fsa_id, task_id, lineage_id, agent) may not hold "/" (agents may: their route takes the rest of
+-- the path), nor be "." or "..", which URL normalisation would remove. NULL passes (optional ids).
+-- Raises SM007.
 CREATE OR REPLACE FUNCTION sms.check_id(p_name text, p_value text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_segment boolean := p_name IN ('tenant_id', 'fsa_id', 'task_id', 'lineage_id', 'agent');
 BEGIN
-    IF p_value = '' OR octet_length(p_value) > 128 OR p_value ~ '[[:cntrl:]]'
-       OR (p_name IN ('tenant_id', 'fsa_id') AND strpos(p_value, '/') > 0) THEN
+    IF p_value = '' OR octet_length(p_value) > 128
+       OR p_value ~ '[[:cntrl:]\u0080-\u009f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]'
+       OR (v_segment AND p_value IN ('.', '..'))
+       OR (v_segment AND p_name <> 'agent' AND strpos(p_value, '/') > 0) THEN
         RAISE EXCEPTION USING ERRCODE = 'SM007',
-            MESSAGE = format('%s must be 1 to 128 bytes without control characters%s', p_name,
-                             CASE WHEN p_name IN ('tenant_id', 'fsa_id') THEN ' or "/"' ELSE '' END),
+            MESSAGE = format('%s must be 1 to 128 bytes without control, invisible or bidirectional characters%s',
+                             p_name, CASE WHEN p_name = 'agent' THEN ', and not . or ..'
+                                          WHEN v_segment THEN ', without "/", and not . or ..' ELSE '' END),
             DETAIL = jsonb_build_object('field', p_name)::text;
     END IF;
 END;

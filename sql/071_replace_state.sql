@@ -1,7 +1,8 @@
 -- sms.replace_state(...): replaces the whole state with p_document, logged as one delta that sets
--- each of its top-level keys and unsets every other one. Same arguments, result and guarantees
--- as sms.apply_delta. The state is locked before its keys are read, so a concurrent writer can't
--- slip a key past the replacement.
+-- each of its top-level keys and unsets every other one; its keys and values are checked as a
+-- delta's are (sms.check_value). Same arguments, result and guarantees as sms.apply_delta. The
+-- state is locked before its keys are read, so a concurrent writer can't slip a key past the
+-- replacement.
 CREATE OR REPLACE FUNCTION sms.replace_state(
     p_tenant_id        text,
     p_fsa_id           text,
@@ -25,6 +26,11 @@ BEGIN
     IF EXISTS (SELECT FROM jsonb_object_keys(p_document) k WHERE left(k, 1) = '$') THEN
         PERFORM sms.raise_invalid('', 'top-level keys of a state may not start with $ (they are reserved in deltas)');
     END IF;
+    PERFORM CASE WHEN length(key) > sms.limit_setting('max_key_length', 512)
+                 THEN sms.raise_invalid(left(key, 100), format('a key is %s characters long; at most %s are allowed',
+                                                               length(key), sms.limit_setting('max_key_length', 512)))
+            END, sms.check_value(key, value)
+       FROM jsonb_each(p_document);
     PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, ''));
     PERFORM sms.lock_state(p_tenant_id, p_fsa_id);
     -- a retry: the ops logged the first time, which apply_ops answers as a duplicate

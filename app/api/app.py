@@ -124,6 +124,9 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             statement_timeout_ms=settings.statement_timeout_ms,
             notify=settings.notify,
             snapshot_every=settings.snapshot_every,
+            where_timeout_ms=settings.where_timeout_ms,
+            max_depth=settings.limits.max_depth,
+            max_key_length=settings.limits.max_key_length,
         )
         listener = Listener(api_url)
         try:

@@ -207,16 +207,18 @@ def _given_key(connection: ASGIConnection) -> str | None:
 
 
 def _check_raw_path(connection: ASGIConnection) -> None:
-    """Checks on the path as sent, before the server decoded it. An id holding "/" (%2F) would
-    address another route, and invalid UTF-8 would be decoded lossily into another id: both
-    are refused rather than misrouted."""
+    """Checks on the path and query as sent, before the server decoded them. An id holding "/"
+    (%2F) would address another route, and invalid UTF-8 would be decoded lossily into another id
+    or value (as replacement characters): both are refused rather than misread."""
     raw = connection.scope.get("raw_path", b"")
     if b"%2f" in raw.lower():
         raise invalid_id('ids may not contain "/" (%2F)')
-    try:
-        unquote_to_bytes(raw).decode("utf-8")
-    except UnicodeDecodeError:
-        raise malformed("the request path is not valid UTF-8 once percent-decoded") from None
+    for part, query in ((raw, False), (connection.scope.get("query_string", b""), True)):
+        try:
+            unquote_to_bytes(part.replace(b"+", b" ") if query else part).decode("utf-8")
+        except UnicodeDecodeError:
+            where = "query string" if query else "path"
+            raise malformed(f"the request {where} is not valid UTF-8 once percent-decoded") from None
 
 
 def _hosts(settings: Settings) -> frozenset[str] | None:

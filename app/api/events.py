@@ -44,6 +44,17 @@ async def _check_request(
         await db.parse_slice(slice_spec)
 
 
+# Characters JSON may carry raw but that some line readers split lines at (Python's str.splitlines,
+# which httpx's aiter_lines uses): escaped, so an event's data stays one line for every client.
+_LINE_BREAKS = {"\u0085".encode(): b"\\u0085", "\u2028".encode(): b"\\u2028", "\u2029".encode(): b"\\u2029"}
+
+
+def _sse_safe(data: bytes) -> bytes:
+    for raw, escaped in _LINE_BREAKS.items():
+        data = data.replace(raw, escaped)
+    return data
+
+
 def _stream(events: AsyncIterator[bytes]) -> Stream:
     return Stream(
         events,
@@ -69,7 +80,7 @@ async def _events(
                 yield b": keep-alive\n\n"
                 continue
             last_event_id = str(change.version) if fsa_id is not None else f"{change.fsa_id}:{change.version}"
-            data = jsontext.encode(change.to_dict())
+            data = _sse_safe(jsontext.encode(change.to_dict()))
             yield b"id: " + last_event_id.encode() + b"\nevent: change\ndata: " + data + b"\n\n"
     finally:
         await changes.aclose()

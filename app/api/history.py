@@ -28,7 +28,8 @@ from app.api.routes import (
 from app.db.queries import write_args
 from app.domain import jsontext
 from app.domain.delta import decode_body, write_meta
-from app.errors import Problem, invalid_id, malformed
+from app.domain.ids import check_id
+from app.errors import Problem, malformed
 
 TaskId = Annotated[str, PathParameter(description="A member of the state's tasks")]
 AgentPath = Annotated[str, PathParameter(description="{agent}/heartbeat; agent names may contain /")]
@@ -149,8 +150,7 @@ async def heartbeat(
     agent, _, action = agent_path.strip("/").rpartition("/")
     if action != "heartbeat" or not agent:
         raise Problem(404, "not-found", "Not Found", "use POST /agents/{tenant}/{fsa}/{agent}/heartbeat")
-    if len(agent) > settings.limits.max_id_length:
-        raise invalid_id(f"agent must be 1 to {settings.limits.max_id_length} characters", field="agent")
+    check_id("agent", agent, settings.limits.max_id_length)
     meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
     result = await db.call_write(
         "heartbeat", tenant_id, fsa_id, agent, meta.lineage_id, jsontext.encode(meta.meta).decode(), principal.actor

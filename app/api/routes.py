@@ -3,7 +3,6 @@ and its JSON text back; the merge and every guarantee live in SQL."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -16,22 +15,15 @@ from litestar.status_codes import HTTP_200_OK
 from app.api.auth import ADMIN, OPEN, READ, WRITE
 from app.db.queries import Database
 from app.domain import jsontext
-from app.domain.delta import (
-    check_delta,
-    check_document,
-    decode_body,
-    encode,
-    from_json_patch,
-    from_merge_patch,
-    write_meta,
-)
+from app.domain.delta import decode_body, delta_text, document_text, write_meta
+from app.domain.ids import check_id
 from app.domain.keys import Principal
+from app.domain.predicate import check_predicate
 from app.domain.summary import slice_body, slice_header, slice_summary, state_summary
-from app.errors import invalid_id, invalid_slice, malformed, policy_violation
+from app.errors import invalid_slice, malformed, policy_violation
 from app.settings import Settings
 
 JSON = "application/json"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 Db = NamedDependency[Database]  # acting for the request's tenants
 Caller = NamedDependency[Principal]  # who the request acts as
@@ -44,13 +36,9 @@ FsaId = Annotated[str, PathParameter(description="State id within the tenant (1 
 
 
 def check_ids(settings: Settings, **ids: str) -> None:
-    """Tenant and state ids: 1 to max_id_length characters, no control characters, no "/"."""
+    """Tenant, state and task ids: path segments (app.domain.ids)."""
     for name, value in ids.items():
-        if not value or len(value) > settings.limits.max_id_length or _CONTROL.search(value) or "/" in value:
-            raise invalid_id(
-                f'{name} must be 1 to {settings.limits.max_id_length} characters without control characters or "/"',
-                field=name,
-            )
+        check_id(name, value, settings.limits.max_id_length, segment=True)
 
 
 def json_response(text: str | bytes, status_code: int = HTTP_200_OK, headers: dict[str, str] | None = None) -> Response:
@@ -60,20 +48,11 @@ def json_response(text: str | bytes, status_code: int = HTTP_200_OK, headers: di
 
 
 async def _delta_text(request: Request, settings: Settings) -> str:
-    """The request body as a delta in the wire format, as JSON text. JSON Patch and Merge Patch
-    are recognised by their media types; application/json is the delta map itself."""
-    body = await request.body()
-    value = decode_body(body, settings.limits)
+    """The request body as a delta in the wire format, as JSON text (app.domain.delta.delta_text):
+    JSON Patch and Merge Patch are recognised by their media types; application/json is the delta
+    map itself."""
     media_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if media_type == "application/json-patch+json":
-        value = from_json_patch(value)
-    elif media_type == "application/merge-patch+json":
-        value = from_merge_patch(value)
-    else:
-        check_delta(value, settings.limits)
-        return body.decode()  # as sent: numbers keep their exact value
-    check_delta(value, settings.limits)
-    return encode(value)
+    return delta_text(await request.body(), media_type, settings.limits)
 
 
 @get("/health", opt=OPEN)
@@ -147,7 +126,7 @@ async def read_slice(
     spec = ",".join(specs)
     if len(spec) > 2000:
         raise invalid_slice("the slice spec is longer than 2000 characters")
-    path = f"$ ? ({where})" if where else None
+    path = f"$ ? ({check_predicate(where)})" if where else None
     read = await db.read_slice(tenant_id, fsa_id, spec, k, order, path, f"max_tokens={max_tokens}")
     header = slice_header(tenant_id, fsa_id, read["version"], spec, read)
     if read["cached"]:
@@ -214,10 +193,9 @@ async def replace_state(
     """Create or replace the whole state with the JSON object in the body, logged as one delta."""
     settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
-    body = await request.body()
-    check_document(decode_body(body, settings.limits), settings.limits)
+    document = document_text(await request.body(), settings.limits)
     meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
-    return write_response(await db.replace_state(tenant_id, fsa_id, body.decode(), meta))
+    return write_response(await db.replace_state(tenant_id, fsa_id, document, meta))
 
 
 @post("/state/{tenant_id:str}/{fsa_id:str}/delta", status_code=HTTP_200_OK, opt=WRITE)

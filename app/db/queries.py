@@ -13,6 +13,7 @@ that waits for it (`WHERE acting … OFFSET 0`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -23,7 +24,7 @@ import asyncpg
 from app.domain import jsontext
 from app.domain.delta import WriteMeta
 from app.domain.keys import NewKey
-from app.errors import database_unavailable, from_sqlstate
+from app.errors import database_busy, database_unavailable, from_sqlstate
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,22 @@ class Database:
     """An asyncpg pool and the service's queries, acting for `tenants` (see the module's docstring;
     None acts for none, which for any role but the tables' owner means no row)."""
 
-    def __init__(self, pool: asyncpg.Pool, tenants: list[str] | None = None, acquire_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        tenants: list[str] | None = None,
+        *,
+        acquire_timeout: float = 5.0,
+        where_timeout_ms: int = 1000,
+        heavy: asyncio.Semaphore | None = None,
+    ) -> None:
         self.pool = pool
         self.tenants = tenants
         self.acquire_timeout = acquire_timeout
+        self.where_timeout_ms = where_timeout_ms
+        # Expensive reads (whole states, old versions, history, slices with `where`) take turns for
+        # half of the pool, so that writes and /health always find a connection.
+        self.heavy = heavy or asyncio.Semaphore(max(1, pool.get_max_size() // 2))
 
     @classmethod
     async def connect(
@@ -153,6 +166,9 @@ class Database:
         statement_timeout_ms: int = 5000,
         notify: bool = True,
         snapshot_every: int = 1000,
+        where_timeout_ms: int = 1000,
+        max_depth: int = 32,
+        max_key_length: int = 512,
     ) -> Database:
         """A pool on `dsn`. Connecting and waiting for a connection give up after the statement
         timeout (at least 5 s), each query a second after it, so an unreachable database is a
@@ -171,24 +187,38 @@ class Database:
                     "statement_timeout": str(statement_timeout_ms),
                     "sms.notify": "on" if notify else "off",
                     "sms.snapshot_every": str(snapshot_every),
+                    "sms.max_depth": str(max_depth),  # the limits sms.check_value applies
+                    "sms.max_key_length": str(max_key_length),
                 },
             )
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise database_unavailable(f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc
-        return cls(pool, acquire_timeout=timeout)
+        return cls(pool, acquire_timeout=timeout, where_timeout_ms=min(where_timeout_ms, statement_timeout_ms))
 
     def acting_for(self, tenants: Sequence[str] | None) -> Database:
         """The same pool, its statements acting for these tenants."""
-        return Database(self.pool, None if tenants is None else sorted(tenants), self.acquire_timeout)
+        return Database(
+            self.pool,
+            None if tenants is None else sorted(tenants),
+            acquire_timeout=self.acquire_timeout,
+            where_timeout_ms=self.where_timeout_ms,
+            heavy=self.heavy,
+        )
 
     async def close(self) -> None:
         await self.pool.close()
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; database errors leave as `Problem`s. Giving the connection back
-        never fails the work done on it: a statement that committed has its answer, even when the
-        pool's reset of the connection meets a server that is going down just then."""
+    async def _connection(self, heavy: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection (for an expensive read, one of its share: `heavy`); database errors
+        leave as `Problem`s. Giving the connection back never fails the work done on it: a
+        statement that committed has its answer, even when the pool's reset of the connection
+        meets a server that is going down just then."""
+        if heavy:
+            async with self._heavy_turn():
+                async with self._connection() as conn:
+                    yield conn
+            return
         try:
             conn = await self.pool.acquire(timeout=self.acquire_timeout)
             try:
@@ -205,22 +235,34 @@ class Database:
             log.warning("database unavailable: %s", type(exc).__name__)
             raise database_unavailable() from exc
 
+    @contextlib.asynccontextmanager
+    async def _heavy_turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.acquire_timeout):
+                await self.heavy.acquire()
+        except TimeoutError:
+            raise database_busy("too many expensive reads are running; retry in a moment") from None
+        try:
+            yield
+        finally:
+            self.heavy.release()
+
     async def _release(self, conn: asyncpg.Connection) -> None:
         try:
             await self.pool.release(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError):
             log.warning("a connection could not be reset; the pool replaces it")
 
-    async def _value(self, query: str, *args: Any) -> Any:
-        async with self._connection() as conn:
+    async def _value(self, query: str, *args: Any, heavy: bool = False) -> Any:
+        async with self._connection(heavy) as conn:
             return await conn.fetchval(query, *args, self.tenants)
 
-    async def _row(self, query: str, *args: Any) -> asyncpg.Record:
-        async with self._connection() as conn:
+    async def _row(self, query: str, *args: Any, heavy: bool = False) -> asyncpg.Record:
+        async with self._connection(heavy) as conn:
             return await conn.fetchrow(query, *args, self.tenants)
 
-    async def _rows(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with self._connection() as conn:
+    async def _rows(self, query: str, *args: Any, heavy: bool = False) -> list[asyncpg.Record]:
+        async with self._connection(heavy) as conn:
             return await conn.fetch(query, *args, self.tenants)
 
     async def health(self) -> str:
@@ -276,15 +318,20 @@ class Database:
     ) -> tuple[int, str | None]:
         """(version, {"tenant_id","fsa_id","version","state"} as JSON text); the text is None when
         the state is still at `unless_version` (a conditional GET)."""
-        row = await self._row(_READ_STATE, tenant_id, fsa_id, unless_version)
+        row = await self._row(_READ_STATE, tenant_id, fsa_id, unless_version, heavy=True)
         return row[0], row[1]
 
     async def read_slice(
         self, tenant_id: str, fsa_id: str, spec: str, k: int | None, order: str, where: str | None, options: str
     ) -> dict[str, Any]:
         """A slice through the summary cache (sms.read_slice): cached with its summary body, or
-        fresh with the fingerprint to store it under."""
-        return await self._value(_READ_SLICE, tenant_id, fsa_id, spec, k, order, where, options)
+        fresh with the fingerprint to store it under. One with a `where` predicate is an expensive
+        read, cut off after where_timeout_ms (a 503 statement-timeout)."""
+        if where is None:
+            return await self._value(_READ_SLICE, tenant_id, fsa_id, spec, k, order, where, options)
+        async with self._connection(heavy=True) as conn, conn.transaction():
+            await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(self.where_timeout_ms))
+            return await conn.fetchval(_READ_SLICE, tenant_id, fsa_id, spec, k, order, where, options, self.tenants)
 
     async def store_slice_summary(self, tenant_id: str, fsa_id: str, read: dict[str, Any], summary: str) -> None:
         await self._value(
@@ -294,7 +341,10 @@ class Database:
     async def read_document(self, tenant_id: str, fsa_id: str) -> tuple[int, dict[str, Any]]:
         """(version, the whole state) from one snapshot."""
         row = await self._row(
-            "SELECT sms.current_version($1, $2), sms.document($1, $2) FROM sms.act_for($3)", tenant_id, fsa_id
+            "SELECT sms.current_version($1, $2), sms.document($1, $2) FROM sms.act_for($3)",
+            tenant_id,
+            fsa_id,
+            heavy=True,
         )
         return row[0], row[1]
 
@@ -349,7 +399,7 @@ class Database:
 
     async def read_state_at(self, tenant_id: str, fsa_id: str, version: int) -> str:
         """{"tenant_id","fsa_id","version","state"} exactly as the state was at `version`."""
-        return await self._value(_READ_STATE_AT, tenant_id, fsa_id, version)
+        return await self._value(_READ_STATE_AT, tenant_id, fsa_id, version, heavy=True)
 
     async def documents_at(self, tenant_id: str, fsa_id: str, *versions: int) -> list[Any]:
         """The state at each version, from one snapshot of the database."""
@@ -359,6 +409,7 @@ class Database:
             tenant_id,
             fsa_id,
             list(versions),
+            heavy=True,
         )
 
     async def path_changes(self, tenant_id: str, fsa_id: str, path: str, limit: int) -> list[dict[str, Any]]:
@@ -369,12 +420,13 @@ class Database:
             fsa_id,
             path,
             limit,
+            heavy=True,
         )
         return [dict(row) for row in rows]
 
     async def lineage(self, tenant_id: str, lineage_id: str, limit: int) -> str:
         """A lineage's deltas across the tenant's states, in time order, as JSON text."""
-        return await self._value(_READ_LINEAGE, tenant_id, lineage_id, limit)
+        return await self._value(_READ_LINEAGE, tenant_id, lineage_id, limit, heavy=True)
 
     async def changes_since(self, tenant_id: str, fsa_id: str, since: int, slice_spec: str | None, max_tokens: int):
         """(sms.changes_since, sms.changes_digest) from one snapshot."""
@@ -385,6 +437,7 @@ class Database:
             since,
             slice_spec,
             max_tokens,
+            heavy=True,
         )
         return row[0], row[1]
 

@@ -15,35 +15,43 @@ from typing import Any
 import msgspec
 
 from app.domain import jsontext
-from app.errors import invalid, invalid_id, malformed, too_large
+from app.domain.ids import check_id
+from app.errors import invalid, malformed, too_large
 from app.settings import Limits
 
 # Idempotency keys that are not UUIDs are mapped to one deterministically.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0f6a52-3f0e-4d3c-9a55-3c1f3e1f5a10")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
 
-def decode_body(body: bytes, limits: Limits) -> Any:
-    """Parse a JSON body within the limits; numbers become Decimal so nothing is rounded."""
-    if len(body) > limits.max_body_bytes:
-        raise too_large(f"the body is {len(body)} bytes; at most {limits.max_body_bytes} are allowed")
-    if not body.strip():
-        raise malformed("the body is empty; send a JSON object")
-    try:
-        value = jsontext.decode(body)
-    except UnicodeDecodeError:
-        raise malformed("the body is not valid UTF-8") from None
-    except RecursionError:
-        raise invalid(f"the body is nested more than {limits.max_depth} levels deep") from None
-    except msgspec.DecodeError as exc:
-        if "depth" in str(exc) or "recursion" in str(exc):
-            raise invalid(f"the body is nested more than {limits.max_depth} levels deep") from None
-        raise malformed(f"the body is not valid JSON: {exc}") from None
-    depth = _depth(value, limits.max_depth)
-    if depth > limits.max_depth:
+SMALL_BODY_BYTES = 1024 * 1024  # bodies that are not state (rules, comments, keys, aliases)
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def decode_body(body: bytes, limits: Limits, max_bytes: int = SMALL_BODY_BYTES) -> Any:
+    """Parse a small JSON body (rules, a comment, a key, an alias) within the limits; numbers
+    become Decimal so nothing is rounded. State bodies go through `delta_text`/`document_text`."""
+    if len(body) > max_bytes:
+        raise too_large(f"the body is {len(body)} bytes; at most {max_bytes} are allowed here")
+    value = _decode(body, Any, "a JSON value")
+    if _depth(value, limits.max_depth) > limits.max_depth:
         raise invalid(f"the body is nested more than {limits.max_depth} levels deep")
     return value
+
+
+def _decode(body: bytes, kind: Any, expected: str) -> Any:
+    """`body` decoded as `kind`, or the problem a client should get."""
+    if not body.strip():
+        raise malformed(f"the body is empty; send {expected}")
+    try:
+        return msgspec.json.decode(body, type=kind, dec_hook=None) if kind is not Any else jsontext.decode(body)
+    except RecursionError:
+        raise invalid("the body is nested too deeply") from None
+    except msgspec.ValidationError as exc:
+        raise invalid(f"send {expected}: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise malformed(f"the body is not valid JSON: {exc}") from None
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -61,14 +69,57 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def check_delta(delta: Any, limits: Limits) -> None:
-    """The shape every delta must have before it is worth a round trip."""
-    if not isinstance(delta, dict):
-        raise invalid(f"a delta must be a JSON object of paths, not {_json_type(delta)}")
-    paths = [key for key in delta if key != "$expect"]
-    expect = delta.get("$expect")
-    if isinstance(expect, dict):
-        paths += list(expect)
+def delta_text(body: bytes, media_type: str, limits: Limits) -> str:
+    """The request body as a delta in the wire format (DESIGN §4.1), as JSON text for
+    sms.apply_delta: the delta map itself, or a JSON Patch or Merge Patch turned into one.
+
+    Only the top level is read here; values pass through as the bytes that were sent — exact
+    numbers, and no Python objects for what may be megabytes of nesting, so no body holds the
+    event loop for long. PostgreSQL checks the values (sms.check_value: nesting, keys at every
+    depth, numbers)."""
+    _check_size(body, limits)
+    if media_type == JSON_PATCH:
+        return _from_json_patch(_decode(body, list[PatchOperation], "a JSON Patch: an array of operations"), limits)
+    if media_type == MERGE_PATCH:
+        return _from_merge_patch(_decode(body, dict[str, msgspec.Raw], "a merge patch: a JSON object"), limits)
+    top = _decode(body, dict[str, msgspec.Raw], "a delta: a JSON object of paths")
+    paths = [key for key in top if key != "$expect"]
+    if "$expect" in top:
+        paths += list(_decode(bytes(top["$expect"]), dict[str, msgspec.Raw], "$expect as an object of paths"))
+    _check_paths(paths, limits)
+    return _text(body)
+
+
+def document_text(body: bytes, limits: Limits) -> str:
+    """A whole state for replacement, as JSON text: a JSON object whose keys are within the limits
+    (its values are checked by PostgreSQL, as a delta's are)."""
+    _check_size(body, limits)
+    keys = _decode(body, dict[str, msgspec.Raw], "a state: a JSON object")
+    for key in keys:
+        if len(key) > limits.max_key_length:
+            raise invalid(f"a key is {len(key)} characters long; at most {limits.max_key_length} are allowed")
+    return _text(body)
+
+
+def _text(body: bytes) -> str:
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        raise malformed("the body is not valid UTF-8") from None
+
+
+def _check_size(body: bytes, limits: Limits) -> None:
+    """Bytes, and values: every value costs PostgreSQL a few microseconds to parse, check and
+    store, so their number — counted from above, as [ { and , characters, in a few milliseconds —
+    keeps the work on a body well within the statement timeout: a definite answer, not a 503."""
+    if len(body) > limits.max_body_bytes:
+        raise too_large(f"the body is {len(body)} bytes; at most {limits.max_body_bytes} are allowed")
+    values = body.count(b"[") + body.count(b"{") + body.count(b",")
+    if values > limits.max_values:
+        raise too_large(f"the body holds about {values} JSON values; at most {limits.max_values} are allowed")
+
+
+def _check_paths(paths: list[str], limits: Limits) -> None:
     if len(paths) > limits.max_paths:
         raise too_large(f"the delta has {len(paths)} paths; at most {limits.max_paths} are allowed")
     for path in paths:
@@ -79,90 +130,77 @@ def check_delta(delta: Any, limits: Limits) -> None:
             )
 
 
-def check_document(document: Any, limits: Limits) -> None:
-    """A full state for replacement: a JSON object with keys within the limits."""
-    if not isinstance(document, dict):
-        raise invalid(f"a state must be a JSON object, not {_json_type(document)}")
-    for key in document:
-        if len(key) > limits.max_key_length:
-            raise invalid(f"a key is {len(key)} characters long; at most {limits.max_key_length} are allowed")
-
-
-def encode(value: Any) -> str:
-    """JSON text of a decoded value, with Decimals written back as exact numbers."""
-    return jsontext.encode(value).decode()
-
-
-def _json_type(value: Any) -> str:
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, str):
-        return "a string"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return "a number"
-
-
 def escape_key(key: str) -> str:
     """A key as one segment of a dotted path (`\\.` is a literal dot, `\\\\` a backslash)."""
     return key.replace("\\", "\\\\").replace(".", "\\.")
 
 
-def from_merge_patch(patch: Any) -> dict[str, Any]:
+def _delta(entries: dict[str, bytes], limits: Limits) -> str:
+    """A delta's JSON text from its paths and their operations' JSON (values stay as sent)."""
+    _check_paths([path for path in entries if path != "$expect"], limits)
+    return _text(b"{" + b",".join(jsontext.encode(path) + b":" + op for path, op in entries.items()) + b"}")
+
+
+def _op(operator: str, raw: bytes) -> bytes:
+    return b'{"' + operator.encode() + b'":' + raw + b"}"
+
+
+def _from_merge_patch(patch: dict[str, msgspec.Raw], limits: Limits) -> str:
     """RFC 7396 Merge Patch as a delta: each top-level key is set, merged or removed."""
-    if not isinstance(patch, dict):
-        raise invalid("a merge patch for a state must be a JSON object")
-    delta: dict[str, Any] = {}
-    for key, value in patch.items():
-        if value is None:
-            delta[escape_key(key)] = {"$unset": True}
-        elif isinstance(value, dict):
-            delta[escape_key(key)] = {"$merge": value}
+    delta: dict[str, bytes] = {}
+    for key, raw in patch.items():
+        value = bytes(raw).strip()
+        if value == b"null":
+            delta[escape_key(key)] = b'{"$unset":true}'
+        elif value.startswith(b"{"):
+            delta[escape_key(key)] = _op("$merge", value)
         else:
-            delta[escape_key(key)] = {"$set": value}
-    return delta
+            delta[escape_key(key)] = _op("$set", value)
+    return _delta(delta, limits)
 
 
-def from_json_patch(patch: Any) -> dict[str, Any]:
+class PatchOperation(msgspec.Struct):
+    """One RFC 6902 operation; its value stays the JSON that was sent."""
+
+    op: str
+    path: str
+    value: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+
+
+def _from_json_patch(patch: list[PatchOperation], limits: Limits) -> str:
     """RFC 6902 JSON Patch as a delta.
 
     add/replace set a path, remove unsets it, `test` becomes a `$expect` precondition; replace and
     remove also expect the path to exist, as the RFC requires. An add to `/-` appends. Array
     elements are not addressable by index, and move/copy are not supported: both are 422.
     """
-    if not isinstance(patch, list):
-        raise invalid("a JSON Patch must be an array of operations")
-    delta: dict[str, Any] = {}
-    expect: dict[str, Any] = {}
+    delta: dict[str, bytes] = {}
+    expect: dict[str, bytes] = {}
     for index, operation in enumerate(patch):
-        if not isinstance(operation, dict) or not isinstance(operation.get("path"), str):
-            raise invalid(f"JSON Patch operation {index} must be an object with a string path")
-        kind = operation.get("op")
-        keys = _pointer_keys(operation["path"], index)
-        if kind in ("add", "replace", "test") and "value" not in operation:
+        kind = operation.op
+        keys = _pointer_keys(operation.path, index)
+        if kind in ("add", "replace", "test") and operation.value is msgspec.UNSET:
             raise invalid(f"JSON Patch operation {index} ({kind}) needs a value")
+        value = bytes(operation.value) if operation.value is not msgspec.UNSET else b""
         if kind == "add" and len(keys) > 1 and keys[-1] == "-":
-            path = ".".join(escape_key(k) for k in keys[:-1])
-            _put(delta, path, {"$push": operation["value"]}, index)
+            _put(delta, ".".join(escape_key(k) for k in keys[:-1]), _op("$push", value), index)
             continue
         path = ".".join(escape_key(k) for k in keys)
         if kind == "add":
-            _put(delta, path, {"$set": operation["value"]}, index)
+            _put(delta, path, _op("$set", value), index)
         elif kind == "replace":
-            expect.setdefault(path, {"$exists": True})
-            _put(delta, path, {"$set": operation["value"]}, index)
+            expect.setdefault(path, b'{"$exists":true}')
+            _put(delta, path, _op("$set", value), index)
         elif kind == "remove":
-            expect.setdefault(path, {"$exists": True})
-            _put(delta, path, {"$unset": True}, index)
+            expect.setdefault(path, b'{"$exists":true}')
+            _put(delta, path, b'{"$unset":true}', index)
         elif kind == "test":
-            expect[path] = operation["value"]
+            expect[path] = value
         else:
             raise invalid(f"JSON Patch operation {index}: op {kind!r} is not supported (add, remove, replace, test)")
     if expect:
-        delta["$expect"] = expect
-    return delta
+        delta["$expect"] = b"{" + b",".join(jsontext.encode(p) + b":" + v for p, v in expect.items()) + b"}"
+    return _delta(delta, limits)
 
 
 def _pointer_keys(pointer: str, index: int) -> list[str]:
@@ -171,7 +209,7 @@ def _pointer_keys(pointer: str, index: int) -> list[str]:
     return [part.replace("~1", "/").replace("~0", "~") for part in pointer[1:].split("/")]
 
 
-def _put(delta: dict[str, Any], path: str, op: Any, index: int) -> None:
+def _put(delta: dict[str, bytes], path: str, op: bytes, index: int) -> None:
     if path in delta:
         raise invalid(f"JSON Patch operation {index} addresses {path!r} a second time", path=path)
     delta[path] = op
@@ -212,10 +250,9 @@ def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) 
     if expected is not None and "expected_version" not in params:
         expected = _if_match(expected)
     for name, value in (("actor", actor), ("lineage_id", lineage_id), ("delta_id", key)):
-        if value is not None and (not 0 < len(value) <= limits.max_id_length or _CONTROL.search(value)):
-            raise invalid_id(
-                f"{name} must be 1 to {limits.max_id_length} characters without control characters", field=name
-            )
+        if value is not None:
+            # a lineage is read back at /lineage/{lineage_id}: it must be a path segment
+            check_id(name, value, limits.max_id_length, segment=name == "lineage_id")
     meta = {k: v for k, v in params.items() if k not in KNOWN_PARAMS}
     if len(meta) > MAX_META_PARAMS or any(len(k) > 64 or len(v) > 256 for k, v in meta.items()):
         raise too_large(f"at most {MAX_META_PARAMS} extra query parameters of up to 256 characters are kept")
