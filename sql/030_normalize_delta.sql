@@ -3,7 +3,9 @@
 --   {"ops":    [{"path": [keys], "op": "set|unset|inc|max|min|add|remove|push|merge",
 --                "value": operand}, ...],
 --    "expect": [{"path": [keys], "value": v} | {"path": [keys], "exists": bool}, ...]}
--- Aliases are resolved ($addToSet -> add, $pull -> remove), a plain value becomes "set", $push
+-- The first-generation nested form is expanded first (sms.expand_nested: operators inside plain
+-- objects become dotted paths). Aliases are resolved ($addToSet -> add, $pull -> remove), a plain
+-- value becomes "set", $push
 -- operands become {"$each": [...], "$slice": n|null} and $add/$remove operands arrays.
 -- Anything malformed raises SM001 naming the offending path, and every value and operand is
 -- checked by sms.check_value (nesting, key lengths, numbers, no $-keys in plain values); nothing is
@@ -27,7 +29,7 @@ BEGIN
                              coalesce(jsonb_typeof(p_delta), 'nothing'));
     END IF;
 
-    FOR v_key, v_value IN SELECT key, value FROM jsonb_each(p_delta) LOOP
+    FOR v_key, v_value IN SELECT key, value FROM jsonb_each(sms.expand_nested(p_delta)) LOOP
         IF v_key = '$expect' THEN
             PERFORM sms.check_value(v_key, v_value);
             v_expect := sms.normalize_expect(v_value);

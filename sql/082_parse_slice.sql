@@ -32,6 +32,11 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'SM009',
                 MESSAGE = format('slice spec "%s" has an empty part between commas', p_spec);
         END IF;
+        IF left(v_part, 1) = ':' THEN
+            RAISE EXCEPTION USING ERRCODE = 'SM009',
+                MESSAGE = format('slice spec "%s" needs an alias or collection before the colon (e.g. task%s)',
+                                 v_part, v_part);
+        END IF;
         v_alias := v_part ~ '^[^.:\\]+:';
         IF v_alias THEN
             v_name := split_part(v_part, ':', 1);

@@ -97,7 +97,8 @@ CASES = [
     Case("several-operators", j({"n": {"$inc": 1, "$max": 5}}), 422),
     Case("unknown-operator", j({"n": {"$mul": 2}}), 422),
     Case("unknown-operator-slice", j({"list": {"$slice": 1.5}}), 422),
-    Case("nested-operator", j({"a": {"b": {"$inc": 1}}}), 422),
+    Case("nested-mixed-operator", j({"a": {"b": {"$inc": 1, "c": 2}}}), 422),  # the nested form takes operators or keys
+    Case("operator-in-array", j({"a": [{"$inc": 1}]}), 422),
     Case("nested-operator-in-array", j({"a.c": [{"$inc": 1}]}), 422),
     # operands
     Case("inc-string", j({"n": {"$inc": "x"}}), 422),

@@ -351,7 +351,8 @@ MALFORMED = [
     ({"n": {"$inc": 1, "$max": 2}}, "several operators"),
     ({"a": 1, "a.b": 2}, "overlap"),
     ({"n": {"$inc": "1"}}, "$inc"),
-    ({"a": {"b": {"$inc": 1}}}, "$set"),
+    ({"a": [{"$inc": 1}]}, "$set"),  # a $-key in a plain value that is no nested delta (inside an array)
+    ({"a": {"b": {"$inc": 1, "c": 2}}}, "mixes operators"),  # a nested delta's leaf is an operator or a value
 ]
 
 

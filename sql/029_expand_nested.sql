@@ -1,0 +1,37 @@
+-- sms.expand_nested(delta): the original service's first-generation form, operators inside plain
+-- objects ({"inventory": {"kitkats": {"$inc": 5000}}}), as dotted paths
+-- ({"inventory.kitkats": {"$inc": 5000}}), so that the other members of `inventory` are kept: a
+-- value that is a plain object holding an operator object anywhere below becomes one path per leaf
+-- (sms.nested_leaves: plain leaves are set, operator objects apply). A plain object with no
+-- operator inside keeps its meaning: the path is set to it. A path reached twice (once nested, once
+-- dotted) is invalid (SM001).
+CREATE OR REPLACE FUNCTION sms.expand_nested(p_delta jsonb) RETURNS jsonb
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_key   text;
+    v_value jsonb;
+    v_leaf  record;
+    v_out   jsonb := '{}';
+BEGIN
+    IF jsonb_typeof(p_delta) IS DISTINCT FROM 'object' THEN
+        RETURN p_delta;  -- sms.normalize_delta says what is wrong with it
+    END IF;
+    FOR v_key, v_value IN SELECT key, value FROM jsonb_each(p_delta) LOOP
+        IF left(v_key, 1) <> '$' AND jsonb_typeof(v_value) = 'object'
+           AND EXISTS (SELECT FROM jsonb_object_keys(v_value) k WHERE left(k, 1) <> '$')
+           AND jsonb_path_exists(v_value, 'strict $.** ? (@.type() == "object").keyvalue() ? (@.key starts with "$")') THEN
+            FOR v_leaf IN SELECT l.path, l.value FROM sms.nested_leaves(v_key, v_value) l LOOP
+                IF v_out ? v_leaf.path OR p_delta ? v_leaf.path THEN
+                    PERFORM sms.raise_invalid(v_leaf.path, format('"%s" is addressed twice', v_leaf.path));
+                END IF;
+                v_out := v_out || jsonb_build_object(v_leaf.path, v_leaf.value);
+            END LOOP;
+        ELSIF v_out ? v_key THEN
+            PERFORM sms.raise_invalid(v_key, format('"%s" is addressed twice', v_key));
+        ELSE
+            v_out := v_out || jsonb_build_object(v_key, v_value);
+        END IF;
+    END LOOP;
+    RETURN v_out;
+END;
+$$;
