@@ -6,6 +6,7 @@ non-editable install looked for migrations/ beside site-packages)."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import signal
 import socket
@@ -31,6 +32,13 @@ PIP_SECONDS = 600
 # What pip says when no index it may use has a distribution: then the wheel cannot be built or
 # installed here (offline), which is no fault of the package.
 NO_INDEX = "No matching distribution found"
+
+# The wheel is the same whatever server the suite runs against: CI builds and installs it once, in
+# the pass on the embedded PostgreSQL (tests/test_migrations.py migrates the other server).
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("SMS_TEST_DATABASE_URL")),
+    reason="built and installed once per CI run, in the pass on the embedded PostgreSQL",
+)
 
 
 def pip(what: str, *args: str) -> None:

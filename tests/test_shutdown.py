@@ -30,7 +30,15 @@ import pytest
 from helpers import ROOT, sms_env
 
 from app.db.embedded import RESTART_ATTEMPTS
+
 from app.settings import Settings
+
+# These tests start PostgreSQL servers of their own, whatever the suite runs against: CI runs them
+# once, in the pass on the embedded server, not again in the pass against a given one.
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("SMS_TEST_DATABASE_URL")),
+    reason="runs servers of its own: once per CI run, in the pass on the embedded PostgreSQL",
+)
 
 START_TIMEOUT = 120.0  # initdb and every migration, on a busy machine
 GRACE = Settings.shutdown_grace_seconds
