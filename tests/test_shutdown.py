@@ -30,7 +30,6 @@ import pytest
 from helpers import ROOT, sms_env
 
 from app.db.embedded import RESTART_ATTEMPTS
-
 from app.settings import Settings
 
 # These tests start PostgreSQL servers of their own, whatever the suite runs against: CI runs them
