@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
-from collections.abc import AsyncIterator
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 
-from litestar import Litestar, Request, Response
+from litestar import HttpMethod, Litestar, Request, Response, route
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin, YamlRenderPlugin
+from litestar.static_files import create_static_files_router
 
 from app import __version__
-from app.api.auth import Authenticator, authorize
+from app.api.auth import OPEN, Authenticator, authorize
 from app.api.events import EVENT_ROUTES
 from app.api.history import HISTORY_ROUTES
 from app.api.keys import KEY_ROUTES
 from app.api.policies import POLICY_ROUTES
 from app.api.routes import ROUTES
+from app.api.schemas import add_components
 from app.db.listener import Listener
 from app.db.queries import Database
 from app.db.roles import api_database_url
@@ -101,6 +108,63 @@ CORS_REQUEST_HEADERS = [
 CORS_RESPONSE_HEADERS = ["etag", "retry-after", "www-authenticate"]
 
 
+def allow_routes(handlers: Iterable[HTTPRouteHandler]) -> list[HTTPRouteHandler]:
+    """An OPTIONS route for each path, whose Allow names every method of the path. Litestar 2 makes
+    one itself from the first handler registered on a path only (litestar#4169, fixed in 3.0), so
+    its Allow would leave out the others; these, registered first, take its place."""
+    methods: dict[str, set[str]] = defaultdict(lambda: {"OPTIONS"})
+    for handler in handlers:
+        for path in handler.paths:
+            methods[path] |= handler.http_methods
+
+    def options_route(path: str, allow: str) -> HTTPRouteHandler:
+        def options() -> Response:
+            return Response(None, status_code=204, headers={"Allow": allow})
+
+        return route(
+            path,
+            http_method=[HttpMethod.OPTIONS],
+            name=f"options {path}",
+            opt=OPEN,
+            include_in_schema=False,
+            sync_to_thread=False,
+        )(options)
+
+    return [options_route(path, ", ".join(sorted(allowed))) for path, allowed in methods.items()]
+
+
+# Swagger UI's own files (the swagger-ui-py package ships Swagger UI 5, which reads OpenAPI 3.1),
+# served here so that /schema/swagger works without reaching any other host.
+SWAGGER_UI = "/schema/assets/swagger-ui"
+
+
+def swagger_ui_files() -> Path:
+    spec = importlib.util.find_spec("swagger_ui")  # its files, without importing its web-framework glue
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is missing")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+def openapi_config() -> OpenAPIConfig:
+    """/schema/openapi.json (and .yaml), and Swagger UI at /schema and /schema/swagger."""
+    return OpenAPIConfig(
+        title="State Memory Service",
+        version=__version__,
+        description="A shared, versioned JSON state per (tenant, state) for many LLM agents: small slices, tiny "
+        "deltas merged in PostgreSQL, and a change feed. Errors are RFC 9457 application/problem+json.",
+        render_plugins=[
+            SwaggerRenderPlugin(
+                js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+                css_url=f"{SWAGGER_UI}/swagger-ui.css",
+                standalone_preset_js_url=f"{SWAGGER_UI}/swagger-ui-standalone-preset.js",
+                favicon=f"<link rel='icon' type='image/png' href='{SWAGGER_UI}/favicon-32x32.png'>",
+                path="/swagger",
+            ),
+            YamlRenderPlugin(),
+        ],
+    )
+
+
 def begin_shutdown(app: Litestar) -> None:
     """The first step of a graceful shutdown, before the server waits for the requests in flight:
     end every SSE stream (with its `shutdown` event), since those would never finish by themselves.
@@ -157,8 +221,13 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             expose_headers=CORS_RESPONSE_HEADERS,
             allow_credentials=False,  # keys travel in headers, never in cookies
         )
-    return Litestar(
-        route_handlers=[*ROUTES, *EVENT_ROUTES, *HISTORY_ROUTES, *POLICY_ROUTES, *KEY_ROUTES],
+    handlers = [*ROUTES, *EVENT_ROUTES, *HISTORY_ROUTES, *POLICY_ROUTES, *KEY_ROUTES]
+    app = Litestar(
+        route_handlers=[
+            *allow_routes(handlers),
+            *handlers,
+            create_static_files_router(SWAGGER_UI, [swagger_ui_files()], include_in_schema=False, opt=OPEN),
+        ],
         lifespan=[lifespan],
         state=State({"settings": settings}),
         guards=[authorize],
@@ -174,5 +243,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
         },
         cors_config=cors,
         request_max_body_size=settings.limits.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="State Memory Service", version=__version__),
+        openapi_config=openapi_config(),
     )
+    add_components(app, settings)
+    return app

@@ -23,14 +23,36 @@ from litestar.response import Stream
 
 from app.api.auth import READ
 from app.api.routes import Db, FsaId, TenantId, check_ids
+from app.api.schemas import COMMON, EVENT_STREAM, SLICE_SPEC, Answer, documented, header
 from app.db.queries import Database
 from app.domain import jsontext
 from app.feed import Feed
 
 SliceFilter = Annotated[
-    str | None, QueryParameter(name="slice", max_length=2000, description="Only changes that touch this slice spec")
+    str | None,
+    QueryParameter(
+        name="slice",
+        max_length=2000,
+        description="Only changes that touch this slice spec",
+        schema_extra={"pattern": SLICE_SPEC},
+    ),
 ]
 Since = Annotated[str | None, QueryParameter(description="Resume after this event id (Last-Event-ID wins)")]
+
+STREAM = documented(
+    Answer(
+        {
+            "type": "string",
+            "description": "Server-Sent Events: `event: change` with `id` (the version, or fsa:version on the tenant "
+            "feed) and `data` (the delta's metadata and ops as JSON); `: keep-alive` comments; a final `event: "
+            "shutdown` when the service stops.",
+        },
+        "The change feed, until the client disconnects or the service stops",
+        media_type=EVENT_STREAM,
+    ),
+    problems=(*COMMON, 422),
+    parameters=[header("Last-Event-ID", {"type": "string"}, "Resume after this event id (wins over since)")],
+)
 
 SHUTDOWN_RETRY_MS = 5000  # how long a client waits before it reconnects after the shutdown event
 
@@ -90,7 +112,7 @@ async def _events(
     yield f"event: shutdown\nretry: {SHUTDOWN_RETRY_MS}\ndata: ".encode() + jsontext.encode(notice) + b"\n\n"
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/events", opt=READ)
+@get("/state/{tenant_id:str}/{fsa_id:str}/events", opt=READ, operation_class=STREAM)
 async def state_events(
     request: Request,
     feed: NamedDependency[Feed],
@@ -108,7 +130,7 @@ async def state_events(
     return _stream(_events(feed, db, state, tenant_id, fsa_id, resume, slice_spec))
 
 
-@get("/events", opt=READ)
+@get("/events", opt=READ, operation_class=STREAM)
 async def tenant_events(
     request: Request,
     feed: NamedDependency[Feed],

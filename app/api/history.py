@@ -16,6 +16,8 @@ from litestar.status_codes import HTTP_200_OK
 from app.api.auth import ADMIN, READ, WRITE
 from app.api.routes import (
     DEFAULT_MAX_TOKENS,
+    JSON,
+    WRITTEN,
     Caller,
     Db,
     FsaId,
@@ -23,8 +25,10 @@ from app.api.routes import (
     TenantId,
     check_ids,
     json_response,
+    version_query,
     write_response,
 )
+from app.api.schemas import COMMON, SLICE_SPEC, WRITES, Answer, documented, write_parameters
 from app.db.queries import write_args
 from app.domain import jsontext
 from app.domain.delta import decode_body, write_meta
@@ -33,18 +37,29 @@ from app.errors import Problem, malformed
 
 TaskId = Annotated[str, PathParameter(description="A member of the state's tasks")]
 AgentPath = Annotated[str, PathParameter(description="{agent}/heartbeat; agent names may contain /")]
-Version = Annotated[int, QueryParameter(ge=0, le=2**62, description="A version of the state")]
+PATH_PATTERN = r"^(?:[^.\\\x00]|\\[.\\])+(?:\.(?:[^.\\\x00]|\\[.\\])+){0,63}$"  # sms.parse_path
+Version = Annotated[int, version_query("A version of the state")]
 Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="At most this many rows")]
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/history", opt=READ)
+@get(
+    "/state/{tenant_id:str}/{fsa_id:str}/history",
+    opt=READ,
+    operation_class=documented(Answer("PathHistory", "The path's changes, newest first"), problems=(*COMMON, 422)),
+)
 async def path_history(
     db: Db,
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,
     path: Annotated[
-        str, QueryParameter(min_length=1, max_length=1000, description="Dotted path, e.g. tasks.T1.status")
+        str,
+        QueryParameter(
+            min_length=1,
+            max_length=1000,
+            description="Dotted path, e.g. tasks.T1.status",
+            schema_extra={"pattern": PATH_PATTERN},
+        ),
     ],
     limit: Limit = 100,
 ) -> Response:
@@ -71,16 +86,18 @@ async def path_history(
     return json_response(jsontext.encode(body))
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/diff", opt=READ)
+@get(
+    "/state/{tenant_id:str}/{fsa_id:str}/diff",
+    opt=READ,
+    operation_class=documented(Answer("Diff", "The patch from one version to the other"), problems=(*COMMON, 422)),
+)
 async def diff(
     db: Db,
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,
-    from_version: Annotated[int, QueryParameter(name="from", ge=0, le=2**62, description="Older version")],
-    to_version: Annotated[
-        int | None, QueryParameter(name="to", ge=0, le=2**62, description="Newer version (default: current)")
-    ] = None,
+    from_version: Annotated[int, version_query("Older version", name="from")],
+    to_version: Annotated[int | None, version_query("Newer version (default: current)", name="to")] = None,
 ) -> Response:
     """An RFC 6902 JSON Patch that turns the state at `from` into the state at `to`."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
@@ -92,7 +109,12 @@ async def diff(
     return json_response(jsontext.encode(body))
 
 
-@post("/state/{tenant_id:str}/{fsa_id:str}/rollback", status_code=HTTP_200_OK, opt=ADMIN)
+@post(
+    "/state/{tenant_id:str}/{fsa_id:str}/rollback",
+    status_code=HTTP_200_OK,
+    opt=ADMIN,
+    operation_class=documented(WRITTEN, problems=(*WRITES, 409, 422), parameters=write_parameters()),
+)
 async def rollback(
     request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId, to_version: Version
 ) -> Response:
@@ -105,7 +127,11 @@ async def rollback(
     return write_response(await db.call_write("rollback", *write_args(tenant_id, fsa_id, to_version, meta)))
 
 
-@get("/lineage/{lineage_id:str}", opt=READ)
+@get(
+    "/lineage/{lineage_id:str}",
+    opt=READ,
+    operation_class=documented(Answer("Lineage", "The lineage's deltas in time order"), problems=(*COMMON, 422)),
+)
 async def lineage(
     db: Db,
     state: State,
@@ -118,7 +144,11 @@ async def lineage(
     return json_response(await db.lineage(tenant_id, lineage_id, limit))
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/changes", opt=READ)
+@get(
+    "/state/{tenant_id:str}/{fsa_id:str}/changes",
+    opt=READ,
+    operation_class=documented(Answer("Changes", "What changed since the version"), problems=(*COMMON, 422)),
+)
 async def changes(
     db: Db,
     state: State,
@@ -126,7 +156,13 @@ async def changes(
     fsa_id: FsaId,
     since: Version,
     slice_spec: Annotated[
-        str | None, QueryParameter(name="slice", max_length=2000, description="Only changes touching this slice")
+        str | None,
+        QueryParameter(
+            name="slice",
+            max_length=2000,
+            description="Only changes touching this slice",
+            schema_extra={"pattern": SLICE_SPEC},
+        ),
     ] = None,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
 ) -> Response:
@@ -138,7 +174,12 @@ async def changes(
     return json_response(jsontext.encode(body))
 
 
-@post("/agents/{tenant_id:str}/{fsa_id:str}/{agent_path:path}", status_code=HTTP_200_OK, opt=WRITE)
+@post(
+    "/agents/{tenant_id:str}/{fsa_id:str}/{agent_path:path}",
+    status_code=HTTP_200_OK,
+    opt=WRITE,
+    operation_class=documented(WRITTEN, problems=(*WRITES, 409, 422), parameters=write_parameters()),
+)
 async def heartbeat(
     request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId, agent_path: AgentPath
 ) -> Response:
@@ -158,7 +199,16 @@ async def heartbeat(
     return write_response(result)
 
 
-@post("/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comment", status_code=HTTP_200_OK, opt=WRITE)
+@post(
+    "/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comment",
+    status_code=HTTP_200_OK,
+    opt=WRITE,
+    operation_class=documented(
+        Answer("NewComment", "The comment as stored"),
+        body={JSON: "CommentRequest"},
+        problems=(*WRITES, 422),
+    ),
+)
 async def add_comment(
     request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: TaskId
 ) -> Response:
@@ -191,7 +241,14 @@ async def add_comment(
     return json_response(result)
 
 
-@get("/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comments", opt=READ)
+@get(
+    "/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comments",
+    opt=READ,
+    operation_class=documented(
+        Answer({"type": "array", "items": {"$ref": "#/components/schemas/Comment"}}, "The comments, newest first"),
+        problems=(*COMMON, 422),
+    ),
+)
 async def list_comments(
     db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: TaskId, limit: Limit = 50
 ) -> Response:

@@ -13,26 +13,14 @@ from litestar.params import PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from app.api.auth import ADMIN, forbidden
-from app.api.routes import Caller, Db, json_response
+from app.api.routes import JSON, Caller, Db, json_response
+from app.api.schemas import WRITES, Answer, KeyRequest, documented
 from app.domain import jsontext
 from app.domain.delta import decode_body
-from app.domain.keys import NewKey, Principal, highest_scope, parse_duration
+from app.domain.keys import SCOPES, NewKey, Principal, highest_scope, parse_duration
 from app.errors import malformed
 
 NO_STORE = {"Cache-Control": "no-store"}
-
-
-class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """A key to make: {"tenants": [...], "scopes": ["read", "write"], "actor", "aml_level",
-    "expires_in": "30d", "rate_limit": requests per second, "label"}."""
-
-    tenants: list[str]
-    scopes: list[str]
-    actor: str | None = None
-    aml_level: int | None = None
-    expires_in: str | None = None
-    rate_limit: float | None = None
-    label: str | None = None
 
 
 def _new_key(given: KeyRequest, maker: Principal) -> NewKey:
@@ -43,13 +31,18 @@ def _new_key(given: KeyRequest, maker: Principal) -> NewKey:
         raise forbidden("forbidden", "Not allowed", f"a key made by this one may claim AML {maker.aml_level} at most")
     if maker.actor is not None and given.actor not in (None, maker.actor):
         raise forbidden("forbidden", "Not allowed", f"a key made by this one writes as {maker.actor}")
+    if given.aml_level is not None and not given.aml_level.is_integer():
+        raise malformed(f"aml_level is a whole number, not {given.aml_level}")
+    unknown = set(given.scopes) - set(SCOPES)
+    if unknown:
+        raise malformed(f"scopes are among {', '.join(SCOPES)}, not {', '.join(sorted(unknown))[:100]}")
     try:
         return NewKey.make(
             given.tenants,
             highest_scope(given.scopes),
             actor=maker.actor or given.actor,
-            aml_level=given.aml_level,
-            expires_in=parse_duration(given.expires_in) if given.expires_in else None,
+            aml_level=int(given.aml_level) if given.aml_level is not None else None,
+            expires_in=parse_duration(given.expires_in) if given.expires_in is not None else None,
             rate_limit=given.rate_limit,
             label=given.label,
         )
@@ -57,7 +50,17 @@ def _new_key(given: KeyRequest, maker: Principal) -> NewKey:
         raise malformed(str(exc)) from None
 
 
-@post("/keys", status_code=HTTP_201_CREATED, opt=ADMIN)
+@post(
+    "/keys",
+    status_code=HTTP_201_CREATED,
+    opt=ADMIN,
+    operation_class=documented(
+        Answer("NewKeyRecord", "The key: `key` is shown this once"),
+        status=HTTP_201_CREATED,
+        body={JSON: "KeyRequest"},
+        problems=(*WRITES, 422),
+    ),
+)
 async def create_key(request: Request, db: Db, principal: Caller, state: State) -> Response:
     """Make an API key. The answer holds the key itself, `key`, this once; the service keeps only
     its hash. 403 when it would name a tenant, an AML level or an actor the making key does not."""
@@ -72,14 +75,19 @@ async def create_key(request: Request, db: Db, principal: Caller, state: State) 
     return json_response(jsontext.encode({"key": key.key, **record}), HTTP_201_CREATED, NO_STORE)
 
 
-@get("/keys", opt=ADMIN)
+@get("/keys", opt=ADMIN, operation_class=documented(Answer("KeyList", "The keys this key may manage")))
 async def list_keys(db: Db) -> Response:
     """The keys this key may manage (those naming only its tenants), oldest first, never the keys
     themselves."""
     return json_response(jsontext.encode({"keys": await db.list_keys()}), headers=NO_STORE)
 
 
-@delete("/keys/{key_id:str}", status_code=HTTP_200_OK, opt=ADMIN)
+@delete(
+    "/keys/{key_id:str}",
+    status_code=HTTP_200_OK,
+    opt=ADMIN,
+    operation_class=documented(Answer("KeyRecord", "The key, revoked"), problems=WRITES),
+)
 async def revoke_key(
     request: Request, db: Db, key_id: Annotated[str, PathParameter(description="The key's id, k_…")]
 ) -> Response:

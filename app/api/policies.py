@@ -13,7 +13,8 @@ from litestar.datastructures import State
 from litestar.status_codes import HTTP_200_OK
 
 from app.api.auth import ADMIN
-from app.api.routes import Caller, Db, FsaId, TenantId, check_ids, json_response
+from app.api.routes import JSON, Caller, Db, FsaId, TenantId, check_ids, json_response
+from app.api.schemas import COMMON, WRITES, Answer, documented
 from app.domain import jsontext
 from app.domain.delta import decode_body
 from app.errors import malformed
@@ -33,11 +34,19 @@ def _rules(raw: bytes, state: State) -> list[dict[str, Any]]:
         raise malformed(f'send the rules as {{"rules": [{{"path": …, "min": …}}, …]}}: {exc}') from None
 
 
+STATE_RULES = Answer("StatePolicies", "The state's own rules and the tenant's defaults")
+TENANT_RULES = Answer("TenantPolicies", "The tenant's default rules")
+
+
 def _actor(request: Request, principal: Any) -> str | None:
     return principal.actor or request.query_params.get("actor") or request.headers.get("x-actor")
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/policies", opt=ADMIN)
+@get(
+    "/state/{tenant_id:str}/{fsa_id:str}/policies",
+    opt=ADMIN,
+    operation_class=documented(STATE_RULES, problems=(*COMMON, 422)),
+)
 async def read_state_policies(db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """The state's own rules and the tenant's defaults: {"tenant_id", "fsa_id", "rules", "defaults"}."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
@@ -45,7 +54,12 @@ async def read_state_policies(db: Db, state: State, tenant_id: TenantId, fsa_id:
     return json_response(jsontext.encode({"tenant_id": tenant_id, "fsa_id": fsa_id, **found}))
 
 
-@put("/state/{tenant_id:str}/{fsa_id:str}/policies", status_code=HTTP_200_OK, opt=ADMIN)
+@put(
+    "/state/{tenant_id:str}/{fsa_id:str}/policies",
+    status_code=HTTP_200_OK,
+    opt=ADMIN,
+    operation_class=documented(STATE_RULES, body={JSON: "Rules"}, problems=(*WRITES, 422)),
+)
 async def set_state_policies(
     request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId
 ) -> Response:
@@ -58,7 +72,11 @@ async def set_state_policies(
     return json_response(jsontext.encode({"tenant_id": tenant_id, "fsa_id": fsa_id, **found}))
 
 
-@get("/tenants/{tenant_id:str}/policies", opt=ADMIN)
+@get(
+    "/tenants/{tenant_id:str}/policies",
+    opt=ADMIN,
+    operation_class=documented(TENANT_RULES, problems=(*COMMON, 422)),
+)
 async def read_tenant_policies(db: Db, state: State, tenant_id: TenantId) -> Response:
     """The tenant's default rules: {"tenant_id", "rules"}."""
     check_ids(state.settings, tenant_id=tenant_id)
@@ -66,7 +84,12 @@ async def read_tenant_policies(db: Db, state: State, tenant_id: TenantId) -> Res
     return json_response(jsontext.encode({"tenant_id": tenant_id, "rules": found["rules"]}))
 
 
-@put("/tenants/{tenant_id:str}/policies", status_code=HTTP_200_OK, opt=ADMIN)
+@put(
+    "/tenants/{tenant_id:str}/policies",
+    status_code=HTTP_200_OK,
+    opt=ADMIN,
+    operation_class=documented(TENANT_RULES, body={JSON: "Rules"}, problems=(*WRITES, 422)),
+)
 async def set_tenant_policies(
     request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId
 ) -> Response:

@@ -13,9 +13,22 @@ from litestar.params import PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
 from app.api.auth import ADMIN, OPEN, READ, WRITE
+from app.api.schemas import (
+    COMMON,
+    JSON_PATCH,
+    MERGE_PATCH,
+    SLICE_SPEC,
+    WHERE,
+    WRITES,
+    Answer,
+    documented,
+    header,
+    not_modified,
+    write_parameters,
+)
 from app.db.queries import Database
 from app.domain import jsontext
-from app.domain.delta import decode_body, delta_text, document_text, write_meta
+from app.domain.delta import MAX_VERSION, decode_body, delta_text, document_text, write_meta
 from app.domain.ids import check_id
 from app.domain.keys import Principal
 from app.domain.predicate import check_predicate
@@ -23,7 +36,7 @@ from app.domain.summary import slice_body, slice_header, slice_summary, state_su
 from app.errors import invalid_slice, malformed, policy_violation
 from app.settings import Settings
 
-JSON = "application/json"
+JSON = "application/json"  # what handlers answer, as text PostgreSQL built
 
 Db = NamedDependency[Database]  # acting for the request's tenants
 Caller = NamedDependency[Principal]  # who the request acts as
@@ -31,8 +44,18 @@ DEFAULT_MAX_TOKENS = 300
 MaxTokens = Annotated[
     int, QueryParameter(ge=20, le=8000, description="Token budget of the summary (≈ 4 characters each)")
 ]
-TenantId = Annotated[str, PathParameter(description="Tenant id (1 to 128 characters)")]
-FsaId = Annotated[str, PathParameter(description="State id within the tenant (1 to 128 characters)")]
+TenantId = Annotated[str, PathParameter(description="Tenant id")]
+FsaId = Annotated[str, PathParameter(description="State id within the tenant")]
+
+
+def version_query(description: str, name: str | None = None) -> Any:
+    """A version as a query parameter. (Litestar leaves a minimum of 0 out of the schema, being
+    falsy; schema_extra puts it back.)"""
+    return QueryParameter(name=name, ge=0, le=MAX_VERSION, description=description, schema_extra={"minimum": 0})
+
+
+WRITTEN = Answer("WriteResult", "The write was applied (its version is the ETag)", headers=("ETag",))
+DELTA_BODY = {"application/json": "Delta", JSON_PATCH: "JsonPatch", MERGE_PATCH: "MergePatch"}
 
 
 def check_ids(settings: Settings, **ids: str) -> None:
@@ -55,13 +78,32 @@ async def _delta_text(request: Request, settings: Settings) -> str:
     return delta_text(await request.body(), media_type, settings.limits)
 
 
-@get("/health", opt=OPEN)
+@get(
+    "/health",
+    opt=OPEN,
+    operation_class=documented(
+        Answer("Health", "The service and its database answer"), problems=(400, 503), public=True
+    ),
+)
 async def health(db: Db) -> dict[str, Any]:
     """Liveness and database reachability (503 when the database is down)."""
     return {"status": "ok", "database": "ok", "postgres": await db.health()}
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}", opt=READ)
+@get(
+    "/state/{tenant_id:str}/{fsa_id:str}",
+    opt=READ,
+    operation_class=documented(
+        Answer(
+            ("StateDocument", "StateSummary"),
+            "The state, or with summary=true its summary (the version is the ETag)",
+            headers=("ETag", "Cache-Control"),
+        ),
+        problems=(*COMMON, 422),
+        others=not_modified(),
+        parameters=[header("If-None-Match", {"type": "string"}, 'The ETag of a version held: "41" (304 if current)')],
+    ),
+)
 async def read_state(
     request: Request,
     db: Db,
@@ -70,9 +112,7 @@ async def read_state(
     fsa_id: FsaId,
     summary: Annotated[bool, QueryParameter(description="Return {version, summary} of the whole state")] = False,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
-    version: Annotated[
-        int | None, QueryParameter(ge=0, le=2**62, description="The state exactly as it was at this version")
-    ] = None,
+    version: Annotated[int | None, version_query("The state exactly as it was at this version")] = None,
 ) -> Response:
     """The full state: {"tenant_id", "fsa_id", "version", "state"}. ETag is the version; a
     matching If-None-Match gives 304. A state never written is {} at version 0. With
@@ -82,7 +122,8 @@ async def read_state(
         # an old version never changes: cacheable for good
         body = await db.read_state_at(tenant_id, fsa_id, version)
         return json_response(
-            body, headers={"ETag": f'"{version}"', "Cache-Control": "public, max-age=31536000, immutable"}
+            compat.state_body(state.settings, body),
+            headers={"ETag": f'"{version}"', "Cache-Control": "public, max-age=31536000, immutable"},
         )
     if summary:
         current, document = await db.read_document(tenant_id, fsa_id)
@@ -97,7 +138,14 @@ async def read_state(
     return json_response(body, headers=headers)
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/slice", opt=READ)
+@get(
+    "/state/{tenant_id:str}/{fsa_id:str}/slice",
+    opt=READ,
+    operation_class=documented(
+        Answer("Slice", "The slice and its summary (the version is the ETag)", headers=("ETag",)),
+        problems=(*COMMON, 422),
+    ),
+)
 async def read_slice(
     db: Db,
     state: State,
@@ -106,7 +154,10 @@ async def read_slice(
     specs: Annotated[
         list[str],
         QueryParameter(
-            name="slice", description="Slice spec(s): task:DESIGN_*, resources.inventory, … (repeat or comma-separate)"
+            name="slice",
+            description="Slice spec(s): task:DESIGN_*, resources.inventory, … (comma-separated, or repeated)",
+            # documented as one comma-separated string: the limits hold for all of them together
+            schema_extra={"type": "string", "items": None, "pattern": SLICE_SPEC, "max_length": 2000},
         ),
     ],
     k: Annotated[int | None, QueryParameter(ge=1, le=10_000, description="Entries per spec, after ordering")] = None,
@@ -115,7 +166,11 @@ async def read_slice(
     ] = "key",
     where: Annotated[
         str | None,
-        QueryParameter(max_length=1000, description='SQL/JSON path predicate on each entry, e.g. @.status == "OPEN"'),
+        QueryParameter(
+            max_length=1000,
+            description='SQL/JSON path predicate on each entry, e.g. @.status == "OPEN"',
+            schema_extra={"pattern": WHERE},
+        ),
     ] = None,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
 ) -> Response:
@@ -149,15 +204,24 @@ async def read_slice(
 
 
 AliasName = Annotated[
-    str, PathParameter(description="An alias of slice specs: a letter, then up to 62 letters, digits, _ or -")
+    str,
+    PathParameter(
+        description="An alias of slice specs: a letter, then up to 62 letters, digits, _ or - (any case)",
+        schema_extra={"pattern": "^[A-Za-z][A-Za-z0-9_-]{0,62}$"},
+    ),
 ]
+ALIASES = Answer("Aliases", "The state's aliases")
 
 
 def _aliases(tenant_id: str, fsa_id: str, aliases: dict[str, str]) -> Response:
     return json_response(jsontext.encode({"tenant_id": tenant_id, "fsa_id": fsa_id, "aliases": aliases}))
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/aliases", opt=READ)
+@get(
+    "/state/{tenant_id:str}/{fsa_id:str}/aliases",
+    opt=READ,
+    operation_class=documented(ALIASES, problems=(*COMMON, 422)),
+)
 async def read_aliases(db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """The aliases of the state's slice specs, {"task": "tasks", …}: the defaults (task, metric,
     agent, resource) and the state's own."""
@@ -165,7 +229,12 @@ async def read_aliases(db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId)
     return _aliases(tenant_id, fsa_id, await db.aliases(tenant_id, fsa_id))
 
 
-@put("/state/{tenant_id:str}/{fsa_id:str}/aliases/{alias:str}", status_code=HTTP_200_OK, opt=ADMIN)
+@put(
+    "/state/{tenant_id:str}/{fsa_id:str}/aliases/{alias:str}",
+    status_code=HTTP_200_OK,
+    opt=ADMIN,
+    operation_class=documented(ALIASES, body={JSON: "AliasRequest"}, problems=(*WRITES, 422)),
+)
 async def set_alias(
     request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, alias: AliasName
 ) -> Response:
@@ -179,14 +248,26 @@ async def set_alias(
     return _aliases(tenant_id, fsa_id, await db.set_alias(tenant_id, fsa_id, alias, given["collection"]))
 
 
-@delete("/state/{tenant_id:str}/{fsa_id:str}/aliases/{alias:str}", status_code=HTTP_200_OK, opt=ADMIN)
+@delete(
+    "/state/{tenant_id:str}/{fsa_id:str}/aliases/{alias:str}",
+    status_code=HTTP_200_OK,
+    opt=ADMIN,
+    operation_class=documented(ALIASES, problems=(*WRITES, 422)),
+)
 async def remove_alias(db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, alias: AliasName) -> Response:
     """Removes the state's own alias; a default one of that name applies again."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
     return _aliases(tenant_id, fsa_id, await db.set_alias(tenant_id, fsa_id, alias, None))
 
 
-@post("/state/{tenant_id:str}/{fsa_id:str}", status_code=HTTP_200_OK, opt=ADMIN)
+@post(
+    "/state/{tenant_id:str}/{fsa_id:str}",
+    status_code=HTTP_200_OK,
+    opt=ADMIN,
+    operation_class=documented(
+        WRITTEN, body={JSON: "State"}, problems=(*WRITES, 409, 422), parameters=write_parameters()
+    ),
+)
 async def replace_state(
     request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId
 ) -> Response:
@@ -198,7 +279,12 @@ async def replace_state(
     return write_response(await db.replace_state(tenant_id, fsa_id, document, meta))
 
 
-@post("/state/{tenant_id:str}/{fsa_id:str}/delta", status_code=HTTP_200_OK, opt=WRITE)
+@post(
+    "/state/{tenant_id:str}/{fsa_id:str}/delta",
+    status_code=HTTP_200_OK,
+    opt=WRITE,
+    operation_class=documented(WRITTEN, body=DELTA_BODY, problems=(*WRITES, 409, 422), parameters=write_parameters()),
+)
 async def apply_delta(
     request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId
 ) -> Response:
@@ -213,7 +299,17 @@ async def apply_delta(
     return write_response(await db.apply_delta(tenant_id, fsa_id, delta, meta))
 
 
-@post("/validate/delta", status_code=HTTP_200_OK, opt=WRITE)
+@post(
+    "/validate/delta",
+    status_code=HTTP_200_OK,
+    opt=WRITE,
+    operation_class=documented(
+        Answer(("DeltaCheck", "DryRun"), "The delta is valid: its normal form, or what applying it would do"),
+        body=DELTA_BODY,
+        problems=(*WRITES, 409, 422),
+        parameters=write_parameters(),
+    ),
+)
 async def validate_delta(
     request: Request,
     db: Db,
@@ -221,31 +317,35 @@ async def validate_delta(
     state: State,
     tenant_id: Annotated[str | None, QueryParameter(description="With fsa_id: dry-run against that state")] = None,
     fsa_id: Annotated[str | None, QueryParameter(description="With tenant_id: dry-run against that state")] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Validate a delta without applying it. With tenant_id and fsa_id it is applied in a
     transaction that is rolled back, so the answer (the version it would get, the paths it would
     change, or the 409/422 it would meet) is exactly what would happen; without them only its
-    shape is checked. Nothing changes and nothing is notified."""
+    shape is checked (and its metadata, as a write's). Nothing changes and nothing is notified."""
     settings = state.settings
     delta = await _delta_text(request, settings)
+    meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
     if tenant_id is None and fsa_id is None:
         normalized = await db.normalize_delta(delta)
-        return {"success": True, "valid": True, **normalized}
+        return json_response(jsontext.encode({"success": True, "valid": True, **normalized}))  # exact numbers
     check_ids(settings, tenant_id=tenant_id or "", fsa_id=fsa_id or "")
-    meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
     outcome = await db.dry_run(tenant_id, fsa_id, delta, meta)
     if outcome.get("refused"):
         raise policy_violation(outcome)
-    return {"valid": True, **outcome, "applied": False}
+    return json_response(jsontext.encode({"valid": True, **outcome, "applied": False}))
 
 
-@get("/state/{tenant_id:str}/{fsa_id:str}/deltas", opt=READ)
+@get(
+    "/state/{tenant_id:str}/{fsa_id:str}/deltas",
+    opt=READ,
+    operation_class=documented(Answer("DeltaLog", "A page of the log"), problems=(*COMMON, 422)),
+)
 async def read_deltas(
     db: Db,
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,
-    since: Annotated[int, QueryParameter(ge=0, le=2**62, description="Return deltas after this version")] = 0,
+    since: Annotated[int, version_query("Return deltas after this version")] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="At most this many deltas")] = 100,
 ) -> Response:
     """The delta log after `since`, oldest first: for catch-up and audit. `more` says whether

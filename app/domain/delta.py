@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -21,6 +21,8 @@ from app.settings import Limits
 
 # Idempotency keys that are not UUIDs are mapped to one deterministically.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0f6a52-3f0e-4d3c-9a55-3c1f3e1f5a10")
+_DIGITS = re.compile(r"[0-9]+")
+MAX_VERSION = 2**53 - 1  # the largest integer every JSON reader (JavaScript's included) holds exactly
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
 
@@ -71,7 +73,8 @@ def _depth(value: Any, limit: int) -> int:
 
 def delta_text(body: bytes, media_type: str, limits: Limits) -> str:
     """The request body as a delta in the wire format (DESIGN §4.1), as JSON text for
-    sms.apply_delta: the delta map itself, or a JSON Patch or Merge Patch turned into one.
+    sms.apply_delta: the delta map itself, or a list of operations (`DeltaOp`), a JSON Patch or a
+    Merge Patch turned into one.
 
     Only the top level is read here; values pass through as the bytes that were sent — exact
     numbers, and no Python objects for what may be megabytes of nesting, so no body holds the
@@ -82,6 +85,8 @@ def delta_text(body: bytes, media_type: str, limits: Limits) -> str:
         return _from_json_patch(_decode(body, list[PatchOperation], "a JSON Patch: an array of operations"), limits)
     if media_type == MERGE_PATCH:
         return _from_merge_patch(_decode(body, dict[str, msgspec.Raw], "a merge patch: a JSON object"), limits)
+    if body.lstrip()[:1] == b"[":
+        return _from_ops(_decode(body, list[DeltaOp], "a delta as a list of operations"), limits)
     top = _decode(body, dict[str, msgspec.Raw], "a delta: a JSON object of paths")
     paths = [key for key in top if key != "$expect"]
     if "$expect" in top:
@@ -182,18 +187,19 @@ def _from_json_patch(patch: list[PatchOperation], limits: Limits) -> str:
         if kind in ("add", "replace", "test") and operation.value is msgspec.UNSET:
             raise invalid(f"JSON Patch operation {index} ({kind}) needs a value")
         value = bytes(operation.value) if operation.value is not msgspec.UNSET else b""
+        where = f"JSON Patch operation {index}"
         if kind == "add" and len(keys) > 1 and keys[-1] == "-":
-            _put(delta, ".".join(escape_key(k) for k in keys[:-1]), _op("$push", value), index)
+            _put(delta, ".".join(escape_key(k) for k in keys[:-1]), _op("$push", value), where)
             continue
         path = ".".join(escape_key(k) for k in keys)
         if kind == "add":
-            _put(delta, path, _op("$set", value), index)
+            _put(delta, path, _op("$set", value), where)
         elif kind == "replace":
             expect.setdefault(path, b'{"$exists":true}')
-            _put(delta, path, _op("$set", value), index)
+            _put(delta, path, _op("$set", value), where)
         elif kind == "remove":
             expect.setdefault(path, b'{"$exists":true}')
-            _put(delta, path, b'{"$unset":true}', index)
+            _put(delta, path, b'{"$unset":true}', where)
         elif kind == "test":
             expect[path] = value
         else:
@@ -209,10 +215,72 @@ def _pointer_keys(pointer: str, index: int) -> list[str]:
     return [part.replace("~1", "/").replace("~0", "~") for part in pointer[1:].split("/")]
 
 
-def _put(delta: dict[str, bytes], path: str, op: bytes, index: int) -> None:
+def _put(delta: dict[str, bytes], path: str, op: bytes, where: str) -> None:
     if path in delta:
-        raise invalid(f"JSON Patch operation {index} addresses {path!r} a second time", path=path)
+        raise invalid(f"{where} addresses {path!r} a second time", path=path)
     delta[path] = op
+
+
+# The operators of the ops-list form, as the delta map writes them.
+OPERATORS = {
+    "set": "$set",
+    "unset": "$unset",
+    "inc": "$inc",
+    "max": "$max",
+    "min": "$min",
+    "add": "$add",
+    "remove": "$remove",
+    "push": "$push",
+    "merge": "$merge",
+}
+
+
+class DeltaOp(msgspec.Struct, forbid_unknown_fields=True):
+    """One entry of a delta written as a list, for callers that can only send objects of a fixed
+    shape: `{"path": "metrics.ctr", "op": "inc", "value": 0.2}` is the map's `{"metrics.ctr":
+    {"$inc": 0.2}}`. `value` is the operator's operand (set stores it literally, unset takes none
+    or true); `{"path": p, "op": "expect", "value": v}` or `{"path": p, "op": "expect", "exists":
+    false}` is a precondition, the map's `"$expect": {p: v}` or `{p: {"$exists": false}}`. The
+    value stays the JSON that was sent."""
+
+    path: str
+    op: Literal["set", "unset", "inc", "max", "min", "add", "remove", "push", "merge", "expect"]
+    value: msgspec.Raw | msgspec.UnsetType = msgspec.UNSET
+    exists: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+def _from_ops(entries: list[DeltaOp], limits: Limits) -> str:
+    """The ops-list form as a delta map: each path once, each precondition once."""
+    _check_paths([entry.path for entry in entries], limits)
+    delta: dict[str, bytes] = {}
+    expect: dict[str, bytes] = {}
+    for index, entry in enumerate(entries):
+        where = f"delta entry {index} ({entry.op} {entry.path[:100]!r})"
+        if entry.path.startswith("$"):
+            raise invalid(f"{where}: paths starting with $ are reserved", path=entry.path[:100])
+        if entry.op == "expect":
+            if (entry.value is msgspec.UNSET) == (entry.exists is msgspec.UNSET):
+                raise invalid(f"{where}: expect takes either a value or exists", path=entry.path[:100])
+            if entry.exists is msgspec.UNSET:
+                expected = bytes(entry.value)
+            else:
+                expected = b'{"$exists":true}' if entry.exists else b'{"$exists":false}'
+            _put(expect, entry.path, expected, where)
+            continue
+        if entry.exists is not msgspec.UNSET:
+            raise invalid(f"{where}: exists goes only with op expect", path=entry.path[:100])
+        if entry.op == "unset":
+            if entry.value is not msgspec.UNSET and bytes(entry.value).strip() != b"true":
+                raise invalid(f"{where}: unset takes no value (or true)", path=entry.path[:100])
+            operand = b"true"
+        elif entry.value is msgspec.UNSET:
+            raise invalid(f"{where}: {entry.op} needs a value", path=entry.path[:100])
+        else:
+            operand = bytes(entry.value)
+        _put(delta, entry.path, _op(OPERATORS[entry.op], operand), where)
+    if expect:
+        delta["$expect"] = b"{" + b",".join(jsontext.encode(p) + b":" + v for p, v in expect.items()) + b"}"
+    return _delta(delta, limits)
 
 
 @dataclass(frozen=True)
@@ -235,6 +303,8 @@ MAX_META_PARAMS = 20
 
 def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) -> WriteMeta:
     """Metadata from query parameters, or else headers (DESIGN §4.1). Header names are lower case."""
+    if any("\x00" in name or "\x00" in value for name, value in params.items()):
+        raise malformed("query parameters may not hold NUL characters")
     actor = _given(params, "actor", headers, "x-actor")
     lineage_id = _given(params, "lineage_id", headers, "x-lineage-id")
     trace_id = parent_id = None
@@ -255,7 +325,7 @@ def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) 
             check_id(name, value, limits.max_id_length, segment=name == "lineage_id")
     meta = {k: v for k, v in params.items() if k not in KNOWN_PARAMS}
     if len(meta) > MAX_META_PARAMS or any(len(k) > 64 or len(v) > 256 for k, v in meta.items()):
-        raise too_large(f"at most {MAX_META_PARAMS} extra query parameters of up to 256 characters are kept")
+        raise malformed(f"at most {MAX_META_PARAMS} extra query parameters of up to 256 characters are kept")
     return WriteMeta(
         actor=actor,
         lineage_id=lineage_id,
@@ -290,10 +360,10 @@ def _if_match(value: str | None) -> str | None:
 
 
 def _version(raw: str) -> int:
-    try:
-        version = int(raw)
-    except ValueError:
-        raise malformed(f"a version must be a whole number, not {raw[:40]!r}") from None
-    if version < 0 or version > 2**62:
-        raise malformed("a version must be between 0 and 2^62")
+    """A version as written in a query parameter or If-Match: decimal digits, nothing else."""
+    if not _DIGITS.fullmatch(raw):
+        raise malformed(f"a version must be a whole number, not {raw[:40]!r}")
+    version = int(raw)
+    if version > MAX_VERSION:
+        raise malformed(f"a version is at most {MAX_VERSION}")
     return version
