@@ -133,9 +133,12 @@ ROUTE_EXAMPLES: dict[Route, Example] = {
     ("GET", "/schema/openapi.yaml"): Example("/schema/openapi.yaml", public=True),
     ("GET", "/schema/openapi.yml"): Example("/schema/openapi.yml", public=True),
     ("GET", "/schema/swagger"): Example("/schema/swagger", public=True),
-    ("GET", "/schema/redoc"): Example("/schema/redoc", public=True),
-    ("GET", "/schema/elements"): Example("/schema/elements", public=True),
-    ("GET", "/schema/rapidoc"): Example("/schema/rapidoc", public=True),
+    ("GET", "/schema/assets/swagger-ui/{file_path:path}"): Example(
+        "/schema/assets/swagger-ui/swagger-ui.css", public=True
+    ),
+    ("HEAD", "/schema/assets/swagger-ui/{file_path:path}"): Example(
+        "/schema/assets/swagger-ui/swagger-ui.css", public=True
+    ),
     ("GET", "/schema/oauth2-redirect.html"): Example("/schema/oauth2-redirect.html", public=True),
     ("GET", "/schema/{path:str}"): Example("/schema/nothing-here", public=True, status=404),
     ("GET", STATE): Example("/state/{t}/f"),
@@ -178,13 +181,13 @@ ROUTE_EXAMPLES: dict[Route, Example] = {
 def app_routes() -> dict[Route, str]:
     """Every route of the app as (method, path template) -> the scope it needs, as the guard reads
     it (app.api.auth.authorize): the handler's opt["scope"], public under /schema, else admin.
-    Litestar's own OPTIONS handlers are left out (they serve no tenant's data)."""
+    The OPTIONS handlers are left out (they serve no tenant's data)."""
     app = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused"), "postgresql://unused@127.0.0.1/u")
     routes: dict[Route, str] = {}
     for route in app.routes:
         for handler in getattr(route, "route_handlers", []):
             methods = set(handler.http_methods)
-            if methods == {"OPTIONS"} and handler.handler_name == "options_handler":
+            if methods == {"OPTIONS"}:  # each path's Allow answer (app.api.app.allow_routes)
                 continue
             scope = handler.opt.get("scope") or ("public" if route.path.startswith("/schema") else "admin")
             for method in methods:

@@ -303,8 +303,6 @@ MAX_META_PARAMS = 20
 
 def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) -> WriteMeta:
     """Metadata from query parameters, or else headers (DESIGN §4.1). Header names are lower case."""
-    if any("\x00" in name or "\x00" in value for name, value in params.items()):
-        raise malformed("query parameters may not hold NUL characters")
     actor = _given(params, "actor", headers, "x-actor")
     lineage_id = _given(params, "lineage_id", headers, "x-lineage-id")
     trace_id = parent_id = None
@@ -326,6 +324,8 @@ def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) 
     meta = {k: v for k, v in params.items() if k not in KNOWN_PARAMS}
     if len(meta) > MAX_META_PARAMS or any(len(k) > 64 or len(v) > 256 for k, v in meta.items()):
         raise malformed(f"at most {MAX_META_PARAMS} extra query parameters of up to 256 characters are kept")
+    if any("\x00" in name or "\x00" in value for name, value in meta.items()):  # ids say so themselves: 422
+        raise malformed("query parameters kept as meta may not hold NUL characters")
     return WriteMeta(
         actor=actor,
         lineage_id=lineage_id,
