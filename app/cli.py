@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from app import __version__
-from app.settings import Settings
+from app.settings import COMPAT_CONTRACTS, Settings
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -78,6 +78,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
             host=args.host or settings.host,
             port=args.port or settings.port,
             insecure_no_auth=settings.insecure_no_auth or args.insecure_no_auth,
+            compat=args.compat or settings.compat,
         )
         keys_exist = on_database(url, lambda db: db.keys_exist())
         if settings.auth == "required" or keys_exist:
@@ -98,7 +99,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
         where = "embedded PostgreSQL in " + str(settings.data_dir) if embedded else "SMS_DATABASE_URL"
         print(
             f"State Memory Service {__version__} on http://{settings.host}:{settings.port} "
-            f"(database: {where}; {access})",
+            f"(database: {where}; {access}"
+            + ("; the original second-generation wire contract" if settings.compat == "v2" else "")
+            + ")",
             flush=True,
         )
         database_lost = _serve_until_stopped(app, settings, embedded)
@@ -272,6 +275,12 @@ def main(argv: list[str] | None = None) -> None:
         "--insecure-no-auth",
         action="store_true",
         help="while no API key exists, serve every client, not only loopback ones (also SMS_INSECURE_NO_AUTH)",
+    )
+    serve_cmd.add_argument(
+        "--compat",
+        choices=COMPAT_CONTRACTS,
+        help="v2: answer as the original second-generation service did (a flat GET /state, write refusals as "
+        "200 with success false); also SMS_COMPAT",
     )
     serve_cmd.set_defaults(run=serve)
 

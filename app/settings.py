@@ -52,6 +52,9 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     return raw
 
 
+COMPAT_CONTRACTS = ("default", "v2")
+
+
 @dataclass(frozen=True)
 class Limits:
     """Limits on every input; each is configurable through its SMS_MAX_* variable."""
@@ -104,6 +107,7 @@ class Settings:
     rate_limit: float = 100.0  # requests per second per key, bursts of twice that or 1 (0: no limit)
     key_cache_seconds: float = 5.0  # how long a process trusts what it read of a key (revocation delay)
     shutdown_grace_seconds: float = 10.0  # on SIGTERM/SIGINT, how long requests in flight may take to finish
+    compat: str = "default"  # "v2": the original second-generation service's wire contract (app.api.compat)
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -131,5 +135,6 @@ class Settings:
             rate_limit=_float("SMS_RATE_LIMIT", cls.rate_limit),
             key_cache_seconds=_float("SMS_KEY_CACHE_SECONDS", cls.key_cache_seconds),
             shutdown_grace_seconds=_float("SMS_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
+            compat=_choice("SMS_COMPAT", cls.compat, COMPAT_CONTRACTS),
             limits=Limits.from_env(),
         )

@@ -446,6 +446,8 @@ async def test_a_heartbeat_records_the_latest_time_and_never_moves_it_back(clien
     assert (row["actor"], row["lineage_id"], row["meta"]) == (agent, "hb-1", {"heartbeat": True})
     first = (await document(conn))["agents_online"][agent]
     parse_time(first)
+    # as the original answered: the agent, and the time recorded
+    assert (response.json()["agent"], response.json()["timestamp"]) == (agent, first)
 
     assert (await client.post(url)).status_code == 200
     second = (await document(conn))["agents_online"][agent]
@@ -511,13 +513,16 @@ async def test_comments_by_query_parameters_and_json_newest_first(client, conn):
     )
     assert first.status_code == 200, first.text
     stored = first.json()
-    assert {k: stored[k] for k in ("task_id", "author", "body", "is_blocker", "lineage_id")} == {
+    assert {k: stored[k] for k in ("success", "task_id", "author", "body", "body_md", "is_blocker", "lineage_id")} == {
+        "success": True,
         "task_id": "T1",
         "author": "al",
         "body": "**Blocked** on `T2`",
+        "body_md": "**Blocked** on `T2`",
         "is_blocker": True,
         "lineage_id": "L1",
     }
+    assert isinstance(stored["comment_id"], int)
     markdown = "# Review\n\n- looks good\n- one *nit*"
     second = await client.post(url, json={"author": "bo", "body": markdown, "is_blocker": False, "lineage_id": "L2"})
     assert second.status_code == 200, second.text
@@ -532,13 +537,23 @@ async def test_comments_by_query_parameters_and_json_newest_first(client, conn):
         ("T1", "cy", "ok", False, None),
         ("T2", "al", "elsewhere", False, None),
     ]
-    listed = (await client.get("/tasks/t/f/T1/comments")).json()
+
+    async def comments(task: str, **params: int) -> list[dict]:
+        answer = (await client.get(f"/tasks/t/f/{task}/comments", params=params)).json()
+        assert {k: answer[k] for k in ("tenant_id", "fsa_id", "task_id")} == {
+            "tenant_id": "t",
+            "fsa_id": "f",
+            "task_id": task,
+        }
+        return answer["comments"]
+
+    listed = await comments("T1")
     assert [c["comment_id"] for c in listed] == [r["comment_id"] for r in reversed(rows[:3])]
     assert [c["author"] for c in listed] == ["cy", "bo", "al"]
-    assert listed[2]["body"] == "**Blocked** on `T2`" and listed[2]["is_blocker"] is True
-    assert (await client.get("/tasks/t/f/T1/comments", params={"limit": 2})).json() == listed[:2]
-    assert [c["body"] for c in (await client.get("/tasks/t/f/T2/comments")).json()] == ["elsewhere"]
-    assert (await client.get("/tasks/t/f/T3/comments")).json() == []
+    assert listed[2]["body"] == listed[2]["body_md"] == "**Blocked** on `T2`" and listed[2]["is_blocker"] is True
+    assert await comments("T1", limit=2) == listed[:2]
+    assert [c["body"] for c in await comments("T2")] == ["elsewhere"]
+    assert await comments("T3") == []
     # comments are not deltas: the state did not move
     assert (await client.get("/state/t/f")).json()["version"] == 1
 

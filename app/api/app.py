@@ -20,6 +20,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin, YamlRenderPlugin
 from litestar.static_files import create_static_files_router
 
 from app import __version__
+from app.api import compat
 from app.api.auth import OPEN, Authenticator, authorize
 from app.api.events import EVENT_ROUTES
 from app.api.history import HISTORY_ROUTES
@@ -58,6 +59,9 @@ def problem_response(request: Request, problem: Problem) -> Response:
         if request.method in WRITE_METHODS:
             body["detail"] += "; the write may or may not have been applied: retry it with the same Idempotency-Key"
             body["outcome"] = "unknown"
+    mapped = compat.refusal(request, problem, headers)
+    if mapped is not None:
+        return mapped
     # exact numbers in reported values
     return Response(jsontext.encode(body), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
 

@@ -178,7 +178,11 @@ async def changes(
     "/agents/{tenant_id:str}/{fsa_id:str}/{agent_path:path}",
     status_code=HTTP_200_OK,
     opt=WRITE,
-    operation_class=documented(WRITTEN, problems=(*WRITES, 409, 422), parameters=write_parameters()),
+    operation_class=documented(
+        Answer("Heartbeat", "The heartbeat was recorded (its version is the ETag)", headers=("ETag",)),
+        problems=(*WRITES, 409, 422),
+        parameters=write_parameters(),
+    ),
 )
 async def heartbeat(
     request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId, agent_path: AgentPath
@@ -245,14 +249,14 @@ async def add_comment(
     "/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comments",
     opt=READ,
     operation_class=documented(
-        Answer({"type": "array", "items": {"$ref": "#/components/schemas/Comment"}}, "The comments, newest first"),
+        Answer("CommentList", "The comments, newest first"),
         problems=(*COMMON, 422),
     ),
 )
 async def list_comments(
     db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: TaskId, limit: Limit = 50
 ) -> Response:
-    """A task's comments, newest first."""
+    """A task's comments, newest first: {"tenant_id", "fsa_id", "task_id", "comments"}."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id, task_id=task_id)
     return json_response(await db.comments(tenant_id, fsa_id, task_id, limit))
 

@@ -12,6 +12,7 @@ from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
+from app.api import compat
 from app.api.auth import ADMIN, OPEN, READ, WRITE
 from app.api.schemas import (
     COMMON,
@@ -96,7 +97,8 @@ async def health(db: Db) -> dict[str, Any]:
     operation_class=documented(
         Answer(
             ("StateDocument", "StateSummary"),
-            "The state, or with summary=true its summary (the version is the ETag)",
+            "The state, or with summary=true its summary (the version is the ETag). Under SMS_COMPAT=v2 the "
+            "state is the state's own members plus lineage_version.",
             headers=("ETag", "Cache-Control"),
         ),
         problems=(*COMMON, 422),
@@ -135,7 +137,7 @@ async def read_state(
     headers = {"ETag": f'"{current}"'}
     if body is None:
         return Response(b"", status_code=304, headers=headers)
-    return json_response(body, headers=headers)
+    return json_response(compat.state_body(state.settings, body), headers=headers)
 
 
 @get(

@@ -261,22 +261,40 @@ class Changes(msgspec.Struct):
 
 
 class Comment(msgspec.Struct):
-    """A comment on a task."""
+    """A comment on a task; its markdown is both `body` and `body_md` (the original's name)."""
 
     comment_id: int
     task_id: str
     author: str
     body: str
+    body_md: str
     is_blocker: bool
     lineage_id: str | None
     created_at: datetime
 
 
-class NewComment(Comment):
-    """A comment just made."""
+class CommentList(msgspec.Struct):
+    """A task's comments, newest first."""
 
     tenant_id: str
     fsa_id: str
+    task_id: str
+    comments: list[Comment]
+
+
+class NewComment(Comment):
+    """A comment just made."""
+
+    success: Literal[True]
+    tenant_id: str
+    fsa_id: str
+
+
+class Heartbeat(WriteResult):
+    """A heartbeat recorded: the write, the agent and the time recorded (ISO 8601, UTC)."""
+
+    agent: str
+    timestamp: str
 
 
 AmlLevel = Annotated[int, msgspec.Meta(ge=1, le=100)]
@@ -476,7 +494,8 @@ STRUCTS = (
     Diff,
     Changes,
     NewComment,
-    list[Comment],
+    CommentList,
+    Heartbeat,
     Rules,
     StatePolicies,
     TenantPolicies,

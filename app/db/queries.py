@@ -91,18 +91,26 @@ SELECT '{"tenant_id":' || to_json($1::text) || ',"lineage_id":' || to_json($2::t
   FROM sms.act_for($4)
 """
 
+# Comments in the original service's shapes: the list as {"task_id", "comments"}, each comment's
+# markdown also as body_md, and success on a comment just made.
 _READ_COMMENTS = """
-SELECT (SELECT coalesce(to_json(array_agg(c ORDER BY c.comment_id DESC)), '[]')::text FROM (
-            SELECT comment_id, task_id, author, body, is_blocker, lineage_id, created_at FROM sms.task_comments
-             WHERE tenant_id = $1 AND fsa_id = $2 AND task_id = $3 ORDER BY comment_id DESC LIMIT $4) c)
+SELECT json_build_object('tenant_id', $1::text, 'fsa_id', $2::text, 'task_id', $3::text, 'comments', (
+         SELECT coalesce(json_agg(c ORDER BY c.comment_id DESC), '[]') FROM (
+            SELECT comment_id, task_id, author, body, body AS body_md, is_blocker, lineage_id, created_at
+              FROM sms.task_comments
+             WHERE tenant_id = $1 AND fsa_id = $2 AND task_id = $3 ORDER BY comment_id DESC LIMIT $4) c))::text
   FROM sms.act_for($5)
 """
 
 _WRITE_FUNCTIONS = {
     "rollback": "SELECT sms.rollback($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text FROM sms.act_for($11)",
-    "heartbeat": "SELECT sms.heartbeat($1, $2, $3, $4, p_meta => $5::text::jsonb, p_actor => $6)::text"
-    " FROM sms.act_for($7)",
-    "add_comment": "SELECT sms.add_comment($1, $2, $3, $4, $5, $6, $7)::text FROM sms.act_for($8)",
+    # and, as the original answered, the agent and the time recorded (now(): the heartbeat's own)
+    "heartbeat": "SELECT (sms.heartbeat($1, $2, $3, $4, p_meta => $5::text::jsonb, p_actor => $6)"
+    " || jsonb_build_object('agent', $3::text, 'timestamp',"
+    " to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')))::text FROM sms.act_for($7)",
+    "add_comment": "SELECT (jsonb_build_object('success', true) || c"
+    " || jsonb_build_object('body_md', c -> 'body'))::text"
+    " FROM (SELECT sms.add_comment($1, $2, $3, $4, $5, $6, $7) c FROM sms.act_for($8) OFFSET 0) made",
 }
 
 _READ_FEED = """
