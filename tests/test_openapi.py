@@ -462,6 +462,15 @@ async def schemathesis(url: str, tmp_path: Path, *args: str, hooks: str | None =
     assert run.returncode == 0, output.decode(errors="replace")[-8000:]
 
 
+# The schemathesis runs check the HTTP contract, which is the same whatever PostgreSQL answers
+# underneath: CI runs them once, in the pass on the embedded server, to stay within its time.
+once_per_ci = pytest.mark.skipif(
+    bool(os.environ.get("SMS_TEST_DATABASE_URL")),
+    reason="the HTTP contract: once per CI run, in the pass on the embedded PostgreSQL",
+)
+
+
+@once_per_ci
 async def test_schemathesis_finds_nothing_without_a_key(live_url, tmp_path):
     """Every operation but the key routes, with every check, in protected-mode-free testing
     (insecure_no_auth): a key made here would make every later request a 401. The key routes
@@ -471,6 +480,7 @@ async def test_schemathesis_finds_nothing_without_a_key(live_url, tmp_path):
     await schemathesis(live_url, tmp_path, "--exclude-path-regex", "events|^/keys")
 
 
+@once_per_ci
 async def test_schemathesis_finds_nothing_with_an_admin_key(live_url, db, tmp_path):
     """The key routes, with every check, for an admin key of tenant "0" (the tenant id
     schemathesis tries first, so that some of the keys it asks for may be made)."""
@@ -481,6 +491,7 @@ async def test_schemathesis_finds_nothing_with_an_admin_key(live_url, db, tmp_pa
     )
 
 
+@once_per_ci
 async def test_schemathesis_valid_deltas_are_accepted_on_fresh_states(live_url, tmp_path):
     """The delta route with every check, positive_data_acceptance included: on a state of its
     own, every delta the schema calls valid — map, ops list, JSON Patch, Merge Patch — is
