@@ -231,6 +231,12 @@ async def test_the_default_contract_answers_the_same_refusal_with_a_problem(clie
     assert (await client.get(STATE)).json()["state"] == {"budget_remaining": 10000}
 
 
+async def test_the_v2_openapi_document_says_where_it_differs(v2, client):
+    v2_description = (await v2.get("/schema/openapi.json")).json()["info"]["description"]
+    assert "SMS_COMPAT=v2" in v2_description and "lineage_version" in v2_description
+    assert "SMS_COMPAT=v2" not in (await client.get("/schema/openapi.json")).json()["info"]["description"]
+
+
 def test_the_contract_is_chosen_by_sms_compat(monkeypatch):
     monkeypatch.setenv("SMS_COMPAT", "v2")
     assert Settings.from_env().compat == "v2"

@@ -38,6 +38,7 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
+from app.api.compat import V2
 from app.domain.delta import MAX_VERSION
 from app.domain.ids import UNSEEN
 from app.domain.keys import SCOPES
@@ -1023,3 +1024,14 @@ def add_components(app: Litestar, settings: Settings) -> None:
     openapi.components = components
     required = settings.auth == "required" and not settings.insecure_no_auth
     openapi.security = [{"bearer": []}, {"apiKey": []}, *([] if required else [{}])]
+    if settings.compat == V2:
+        openapi.info.description = f"{openapi.info.description or ''} {V2_NOTE}".strip()
+
+
+# What the document says under SMS_COMPAT=v2, where two answers differ from the schemas (app.api.compat).
+V2_NOTE = (
+    "This service answers in the original second-generation contract (SMS_COMPAT=v2): GET /state/{tenant_id}/"
+    "{fsa_id} is the state's own members plus lineage_version, and a write to a state that is refused (409 or 422) "
+    'is a 200 {"success": false, "message", "version"} with the problem\'s other members; the schemas describe '
+    "the default contract."
+)
