@@ -28,7 +28,7 @@ from app.api.routes import (
     version_query,
     write_response,
 )
-from app.api.schemas import COMMON, SLICE_SPEC, WRITES, Answer, documented, write_parameters
+from app.api.schemas import COMMON, DOTTED_PATH, SLICE_SPEC, WRITES, Answer, documented, write_parameters
 from app.db.queries import write_args
 from app.domain import jsontext
 from app.domain.delta import decode_body, write_meta
@@ -37,7 +37,6 @@ from app.errors import Problem, malformed
 
 TaskId = Annotated[str, PathParameter(description="A member of the state's tasks")]
 AgentPath = Annotated[str, PathParameter(description="{agent}/heartbeat; agent names may contain /")]
-PATH_PATTERN = r"^(?:[^.\\\x00]|\\[.\\])+(?:\.(?:[^.\\\x00]|\\[.\\])+){0,63}$"  # sms.parse_path
 Version = Annotated[int, version_query("A version of the state")]
 Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="At most this many rows")]
 
@@ -58,7 +57,7 @@ async def path_history(
             min_length=1,
             max_length=1000,
             description="Dotted path, e.g. tasks.T1.status",
-            schema_extra={"pattern": PATH_PATTERN},
+            schema_extra={"pattern": DOTTED_PATH},
         ),
     ],
     limit: Limit = 100,

@@ -54,6 +54,13 @@ Version = Annotated[int, msgspec.Meta(ge=0, le=MAX_VERSION)]
 UNSET: Any = msgspec.UNSET
 Unset = msgspec.UnsetType
 
+# A dotted path (sms.parse_path): non-empty keys, `\.` a literal dot and `\\` a backslash, at most 64 keys.
+DOTTED_PATH = r"^(?:[^.\\\x00]|\\[.\\])+(?:\.(?:[^.\\\x00]|\\[.\\])+){0,63}$"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
 
 # --- answers -----------------------------------------------------------------------------------
 
@@ -313,7 +320,7 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
         msgspec.Meta(
             min_length=1,
             max_length=512,
-            pattern=r"^(?:[^.\\\x00]|\\[.\\])+(?:\.(?:[^.\\\x00]|\\[.\\])+){0,63}$",
+            pattern=DOTTED_PATH,
             extra_json_schema={"not": {"pattern": r"(^|\.)\*\*\."}},
         ),
     ]
@@ -322,9 +329,7 @@ class Rule(msgspec.Struct, forbid_unknown_fields=True):
     enum: (
         Annotated[
             list[Any],
-            msgspec.Meta(
-                min_length=1, max_length=1000, extra_json_schema={"items": {"$ref": "#/components/schemas/Json"}}
-            ),
+            msgspec.Meta(min_length=1, max_length=1000, extra_json_schema={"items": _ref("Json")}),
         ]
         | Unset
     ) = UNSET
@@ -367,7 +372,7 @@ def _documented(schema: dict[str, Any]) -> msgspec.Meta:
     return msgspec.Meta(extra_json_schema=schema)
 
 
-_ID = {"$ref": "#/components/schemas/Id"}
+_ID = _ref("Id")
 
 
 class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -377,7 +382,7 @@ class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     label."""
 
     tenants: Annotated[
-        list[Annotated[str, _documented({"$ref": "#/components/schemas/SegmentId"})]],
+        list[Annotated[str, _documented(_ref("SegmentId"))]],
         _documented({"minItems": 1, "maxItems": 100}),
     ]
     scopes: Annotated[list[Annotated[str, _documented({"enum": list(SCOPES)})]], _documented({"minItems": 1})]
@@ -441,7 +446,7 @@ class CommentRequest(msgspec.Struct):
     author: Annotated[str, _documented(_ID)]
     body: Annotated[str, msgspec.Meta(min_length=1, max_length=65536, pattern="^[^\x00]*$")]
     is_blocker: bool = False
-    lineage_id: Annotated[str, _documented({"$ref": "#/components/schemas/SegmentId"})] | None = None
+    lineage_id: Annotated[str, _documented(_ref("SegmentId"))] | None = None
 
 
 class Violation(msgspec.Struct):
@@ -510,10 +515,6 @@ STRUCTS = (
 
 
 # --- state bodies and the values they carry, as JSON Schema -------------------------------------
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 # Characters an id may not hold (app.domain.ids), as a JSON Schema character class.
