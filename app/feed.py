@@ -8,6 +8,14 @@ periodic poll covers notifications that never came. Use it on the database direc
         async for change in feed.subscribe("acme", "launch", since=0):
             ...
 
+Fan-out is in memory (DESIGN §11): in a process, one reader per state (and per tenant) reads each
+new page of the log once and hands it to every local subscriber of it, so N subscribers cost one
+query per page, not N. A subscriber reads the log itself only to catch up: from where it starts,
+and whenever it finds a gap before the reader's next page (it joined behind the reader, or fell
+more than MAX_QUEUED_PAGES pages behind and was dropped from the queue). Positions in the log
+decide what each one takes from a page, so every version arrives once and in order however the
+two reads meet.
+
 The HTTP service uses the same class behind its SSE endpoints, and closes it when it shuts down:
 every subscription then ends, and each SSE stream with a last event saying so.
 """
@@ -16,49 +24,119 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Any
 
-from app.db.listener import Listener, Wakeup
+from app.db.listener import Listener
 from app.db.queries import Database
+from app.domain.change import Change, Position
 from app.errors import Problem
 
+log = logging.getLogger(__name__)
+
 HELD_BACK_RETRY = 0.02  # seconds before a tenant feed looks again for deltas still held back
+MAX_QUEUED_PAGES = 256  # pages a subscriber may fall behind its reader before it reads the log itself
+GATHER_PER_SUBSCRIBER = 0.0002  # seconds a reader lets changes gather after a page, per subscriber...
+MAX_GATHER = 0.1  # ... and at most (500 subscribers: 10 pages a second each, whatever the write rate)
+
+Row = tuple[Change, Position, list[bool]]  # a change, its position, whether it touches each slice spec
+
+__all__ = ["Change", "Feed", "Position"]
 
 
-@dataclass(frozen=True)
-class Change:
-    """One applied delta: its state, version, metadata and normalised ops."""
+@dataclass(eq=False)
+class _Page:
+    """What a reader read in one query: every change after `after`, up to its last row."""
 
-    tenant_id: str
-    fsa_id: str
-    version: int
-    delta_id: str
-    actor: str | None
-    lineage_id: str | None
-    trace_id: str | None
-    parent_id: str | None
-    meta: dict[str, Any]
-    ops: list[dict[str, Any]]
-    paths: list[str]
-    collections: list[str]
-    created_at: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["created_at"] = self.created_at.isoformat()
-        return data
+    after: Position
+    rows: list[Row]
+    slice_specs: tuple[str, ...]  # the specs each row's flags answer, in order
 
 
-@dataclass(frozen=True)
-class Position:
-    """Where a subscriber is: after (tx_id, fsa_id, version) of a tenant's log."""
+@dataclass(eq=False)
+class _Subscriber:
+    """A subscription's mailbox: the pages its reader handed it, and a flag to wake it."""
 
-    tx_id: str = "0"
-    fsa_id: str = ""
-    version: int = 0
+    slice_spec: str | None
+    pages: deque[_Page] = field(default_factory=deque)
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    behind: bool = False  # a page it needs is not in its mailbox: it reads the log itself
+
+    def deliver(self, page: _Page) -> None:
+        if len(self.pages) >= MAX_QUEUED_PAGES or (
+            self.slice_spec is not None and self.slice_spec not in page.slice_specs
+        ):
+            self.pages.clear()
+            self.behind = True
+        else:
+            self.pages.append(page)
+        self.event.set()
+
+
+class _Reader:
+    """One state's (or tenant's) log, read once per page for every subscriber of this process."""
+
+    def __init__(self, feed: Feed, tenant_id: str, fsa_id: str | None, position: Position) -> None:
+        self.feed = feed
+        self.tenant_id = tenant_id
+        self.fsa_id = fsa_id
+        self.position = position
+        self.subscribers: set[_Subscriber] = set()
+        self.task = asyncio.create_task(self._run(), name=f"sms-feed-reader {tenant_id}/{fsa_id or '*'}")
+
+    async def _run(self) -> None:
+        feed = self.feed
+        db = feed.db.acting_for([self.tenant_id])  # its subscribers were let in for this tenant
+        wakeup = feed.listener.register(self.tenant_id, self.fsa_id)
+        retry = 0.0
+        try:
+            while True:
+                wakeup.event.clear()
+                try:
+                    rows = await self._read(db)
+                except Exception:  # never leave the subscribers waiting on a reader that died
+                    log.exception("the change-feed reader of %s failed; it reads again", self.tenant_id)
+                    rows = None
+                if rows is not None and len(rows) == feed.batch:
+                    continue
+                if rows:
+                    await asyncio.sleep(self.pause)
+                notified = await _wait(wakeup.event, feed.poll_interval if retry == 0 else retry)
+                retry = feed._next_retry(retry, rows, notified, one_state=self.fsa_id is not None)
+        finally:
+            feed.listener.unregister(wakeup)
+
+    @property
+    def pause(self) -> float:
+        """How long to let changes gather after a page: each page costs every subscriber a write
+        to its stream, so the more subscribers, the fewer and bigger the pages (a delay of at most
+        MAX_GATHER each change waits, far below what a reader of a feed notices)."""
+        return min(MAX_GATHER, GATHER_PER_SUBSCRIBER * len(self.subscribers))
+
+    async def _read(self, db: Database) -> list[Row] | None:
+        """The next page, handed to every subscriber; None while the database is away."""
+        slice_specs = tuple(sorted({s.slice_spec for s in self.subscribers if s.slice_spec is not None}))
+        try:
+            rows = await db.read_feed(self.tenant_id, self.fsa_id, self.position, slice_specs, self.feed.batch)
+        except Problem as problem:
+            if problem.status == 503:
+                return None
+            if not slice_specs:
+                log.warning("the change-feed reader cannot read the log: %s", problem.detail)
+                return None
+            # a filter that no longer parses (its alias went away): the filtered subscribers read
+            # the log themselves and meet the problem there
+            slice_specs = ()
+            rows = await db.read_feed(self.tenant_id, self.fsa_id, self.position, (), self.feed.batch)
+        if rows:
+            page = _Page(self.position, rows, slice_specs)
+            self.position = rows[-1][1]
+            for subscriber in self.subscribers:
+                subscriber.deliver(page)
+        return rows
 
 
 class Feed:
@@ -79,7 +157,8 @@ class Feed:
         self.batch = batch
         self.max_retry_delay = max_retry_delay
         self.closed = False
-        self._subscriptions: set[Wakeup] = set()
+        self._subscribers: set[_Subscriber] = set()
+        self._readers: dict[tuple[str, str | None], _Reader] = {}
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -94,12 +173,17 @@ class Feed:
             await listener.stop()
             await db.close()
 
+    @property
+    def readers(self) -> int:
+        """Readers running: one per state or tenant followed in this process (for tests and metrics)."""
+        return len(self._readers)
+
     def close(self) -> None:
         """End every subscription, those to come too: each returns once the change it is yielding
         has been taken (a graceful shutdown; subscribers resume from their last position)."""
         self.closed = True
-        for wakeup in self._subscriptions:
-            wakeup.event.set()
+        for subscriber in self._subscribers:
+            subscriber.event.set()
 
     async def subscribe(
         self,
@@ -114,46 +198,115 @@ class Feed:
         """Changes after `since` — a version for one state, or an event id ("fsa:version") for a
         tenant — oldest first, then live. With `slice_spec`, only changes that touch the slice.
         With `idle_timeout`, yields None after that many idle seconds (for keep-alives). `db`
-        reads the log (the HTTP service's acts for the request's key); the feed's own by default.
-        Ends when the feed is closed."""
+        reads the log while catching up (the HTTP service's acts for the request's key); the
+        feed's own by default. Ends when the feed is closed."""
+        pages = self.subscribe_pages(
+            tenant_id, fsa_id, since=since, slice_spec=slice_spec, idle_timeout=idle_timeout, db=db
+        )
+        try:
+            async for page in pages:
+                if page is None:
+                    yield None
+                    continue
+                for change in page:
+                    yield change
+        finally:
+            await pages.aclose()
+
+    async def subscribe_pages(
+        self,
+        tenant_id: str,
+        fsa_id: str | None = None,
+        *,
+        since: int | str | None = None,
+        slice_spec: str | None = None,
+        idle_timeout: float | None = None,
+        db: Database | None = None,
+    ) -> AsyncIterator[list[Change] | None]:
+        """`subscribe`, a page of changes at a time: what one read of the log found (for a sender
+        that writes them at once, as the SSE endpoints do)."""
         db = db or self.db
+        one_state = fsa_id is not None
         position = await self.position(tenant_id, fsa_id, since, db)
-        wakeup = self.listener.register(tenant_id, fsa_id)
-        self._subscriptions.add(wakeup)
+        me = _Subscriber(slice_spec)
+        self._subscribers.add(me)
+        reader: _Reader | None = None
         clock = asyncio.get_running_loop().time
         last_sent = clock()
-        retry = 0.0  # > 0 while a notified delta is not readable yet, or the database is away
+        retry = 0.0  # > 0 while the database is away
         try:
             while not self.closed:
-                wakeup.event.clear()
-                try:
-                    rows = await db.read_feed(
-                        tenant_id, fsa_id, position.tx_id, position.fsa_id, position.version, slice_spec, self.batch
-                    )
-                except Problem as problem:
-                    if problem.status != 503:
-                        raise
-                    rows = None  # the database is restarting or unreachable: the position is safe
-                for row, wanted, tx_id in rows or ():
-                    position = Position(tx_id, row.fsa_id, row.version)
-                    if wanted:
-                        last_sent = clock()
-                        yield row
-                if rows is not None and len(rows) == self.batch:
+                if reader is None or me.behind:
+                    me.behind = False
+                    try:
+                        rows = await db.read_feed(
+                            tenant_id, fsa_id, position, () if slice_spec is None else (slice_spec,), self.batch
+                        )
+                    except Problem as problem:
+                        if problem.status != 503:
+                            raise
+                        # the database is restarting or unreachable: the position is safe
+                        retry = min(self.max_retry_delay, max(0.1, retry * 2))
+                        me.behind = True
+                        await _wait(me.event, retry)
+                        me.event.clear()
+                        continue
+                    retry = 0.0
+                    if rows:
+                        position = rows[-1][1]
+                        changes = [change for change, _, wanted in rows if slice_spec is None or wanted[0]]
+                        if changes:
+                            last_sent = clock()
+                            yield changes
+                    if len(rows) == self.batch:
+                        me.behind = True
+                        continue
+                    if reader is None:
+                        reader = self._join(tenant_id, fsa_id, position, me)
                     continue
-                wait = self.poll_interval if retry == 0 else retry
-                if idle_timeout is not None:
-                    wait = max(0.0, min(wait, last_sent + idle_timeout - clock()))
-                notified = await _wait(wakeup.event, wait)
-                if self.closed:
-                    return
-                if idle_timeout is not None and clock() - last_sent >= idle_timeout:
+                if not me.pages:
+                    me.event.clear()
+                    wait = None if idle_timeout is None else max(0.0, last_sent + idle_timeout - clock())
+                    await _wait(me.event, wait)
+                    if not me.pages and not me.behind and not self.closed and idle_timeout is not None:
+                        if clock() - last_sent >= idle_timeout:
+                            last_sent = clock()
+                            yield None
+                    continue
+                page = me.pages.popleft()
+                if position.before(page.after, one_state=one_state):
+                    me.behind = True  # changes between where it is and this page: read them itself
+                    continue
+                flag = None if slice_spec is None else page.slice_specs.index(slice_spec)
+                changes = []
+                for change, at, wanted in page.rows:
+                    if position.before(at, one_state=one_state):
+                        position = at
+                        if flag is None or wanted[flag]:
+                            changes.append(change)
+                if changes:
                     last_sent = clock()
-                    yield None
-                retry = self._next_retry(retry, rows, notified, one_state=fsa_id is not None)
+                    yield changes
         finally:
-            self._subscriptions.discard(wakeup)
-            self.listener.unregister(wakeup)
+            self._subscribers.discard(me)
+            if reader is not None:
+                self._leave(reader, me)
+
+    def _join(self, tenant_id: str, fsa_id: str | None, position: Position, subscriber: _Subscriber) -> _Reader:
+        """The reader of this state (or tenant), started at `position` if there is none yet."""
+        key = (tenant_id, fsa_id)
+        reader = self._readers.get(key)
+        if reader is None or reader.task.done():
+            reader = self._readers[key] = _Reader(self, tenant_id, fsa_id, position)
+        reader.subscribers.add(subscriber)
+        return reader
+
+    def _leave(self, reader: _Reader, subscriber: _Subscriber) -> None:
+        reader.subscribers.discard(subscriber)
+        if not reader.subscribers:
+            reader.task.cancel()
+            if self._readers.get((reader.tenant_id, reader.fsa_id)) is reader:
+                del self._readers[reader.tenant_id, reader.fsa_id]
 
     def _next_retry(self, retry: float, rows: list | None, notified: bool, *, one_state: bool) -> float:
         """How soon to read the log again (0: at the next notification or poll).
@@ -210,8 +363,8 @@ def _version(text: str) -> int:
     return int(text)
 
 
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Whether the event was set within `seconds`."""
+async def _wait(event: asyncio.Event, seconds: float | None) -> bool:
+    """Whether the event was set within `seconds` (None: however long it takes)."""
     try:
         async with asyncio.timeout(seconds):
             await event.wait()

@@ -65,6 +65,7 @@ class Limits:
     max_depth: int = 32  # nesting of JSON values in a body
     max_key_length: int = 512  # a delta path, in characters
     max_id_length: int = 128  # tenant, fsa, actor, lineage and idempotency ids, in characters
+    max_batch: int = 100  # writes in one batch (POST /state/{t}/{f}/deltas)
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -75,6 +76,7 @@ class Limits:
             max_depth=_int("SMS_MAX_DEPTH", cls.max_depth),
             max_key_length=_int("SMS_MAX_KEY_LENGTH", cls.max_key_length),
             max_id_length=_int("SMS_MAX_ID_LENGTH", cls.max_id_length),
+            max_batch=_int("SMS_MAX_BATCH", cls.max_batch),
         )
 
 
@@ -108,6 +110,9 @@ class Settings:
     key_cache_seconds: float = 5.0  # how long a process trusts what it read of a key (revocation delay)
     shutdown_grace_seconds: float = 10.0  # on SIGTERM/SIGINT, how long requests in flight may take to finish
     compat: str = "default"  # "v2": the original second-generation service's wire contract (app.api.compat)
+    group_commit: bool = True  # concurrent deltas to one state share one transaction (app.db.group_commit)
+    group_commit_window_ms: float = 2.0  # the most a delta that finds its state busy waits for others to join it
+    group_commit_max: int = 32  # deltas in one transaction at most
     limits: Limits = field(default_factory=Limits)
 
     @classmethod
@@ -136,5 +141,8 @@ class Settings:
             key_cache_seconds=_float("SMS_KEY_CACHE_SECONDS", cls.key_cache_seconds),
             shutdown_grace_seconds=_float("SMS_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds),
             compat=_choice("SMS_COMPAT", cls.compat, COMPAT_CONTRACTS),
+            group_commit=_bool("SMS_GROUP_COMMIT", cls.group_commit),
+            group_commit_window_ms=_float("SMS_GROUP_COMMIT_WINDOW_MS", cls.group_commit_window_ms),
+            group_commit_max=_int("SMS_GROUP_COMMIT_MAX", cls.group_commit_max),
             limits=Limits.from_env(),
         )

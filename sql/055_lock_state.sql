@@ -1,3 +1,12 @@
+-- sms.state_lock(tenant, fsa): the transaction-level advisory lock that serialises the writers of
+-- one state, and nothing else: sms.apply_deltas takes it for a whole batch, so that a delta of the
+-- batch that fails (its subtransaction rolled back, and the locks it took with it) never lets
+-- another writer in between.
+CREATE OR REPLACE FUNCTION sms.state_lock(p_tenant_id text, p_fsa_id text) RETURNS void
+LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(hashtextextended(p_tenant_id, 0) # hashtextextended(p_fsa_id, 7331));
+$$;
+
 -- sms.lock_state(tenant, fsa): serialises the writers of one state and returns its version,
 -- creating its header row on first use. The advisory lock comes first, before the transaction
 -- writes anything, so writers of a state also get their transaction ids in version order: the
@@ -8,7 +17,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_version bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant_id, 0) # hashtextextended(p_fsa_id, 7331));
+    PERFORM sms.state_lock(p_tenant_id, p_fsa_id);
     INSERT INTO sms.states (tenant_id, fsa_id) VALUES (p_tenant_id, p_fsa_id) ON CONFLICT DO NOTHING;
     SELECT version INTO v_version FROM sms.states
      WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id FOR UPDATE;

@@ -1,3 +1,33 @@
+-- sms.record_refusal(...): records in sms.refusals a delta a policy refused (the SM011 that
+-- sms.append_delta raised: its message and detail) and returns the refusal as sms.apply_ops answers
+-- it. For sms.apply_ops, and for sms.apply_deltas when a refusal rolls back a whole batch.
+CREATE OR REPLACE FUNCTION sms.record_refusal(
+    p_tenant_id  text,
+    p_fsa_id     text,
+    p_ops        jsonb,
+    p_actor      text,
+    p_lineage_id text,
+    p_delta_id   uuid,
+    p_meta       jsonb,
+    p_trace_id   text,
+    p_message    text,
+    p_detail     jsonb
+) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_refusal sms.refusals;
+BEGIN
+    INSERT INTO sms.refusals (tenant_id, fsa_id, version, delta_id, actor, lineage_id, trace_id, aml_level, meta, ops,
+                              violations)
+    VALUES (p_tenant_id, p_fsa_id, (p_detail ->> 'current_version')::bigint, p_delta_id, p_actor, p_lineage_id,
+            p_trace_id, sms.aml_level(p_meta), coalesce(p_meta, '{}'), p_ops, p_detail -> 'violations')
+    RETURNING * INTO v_refusal;
+    RETURN jsonb_build_object('success', false, 'refused', true, 'error', 'policy-violation', 'message', p_message,
+                              'violations', v_refusal.violations, 'version', v_refusal.version,
+                              'refusal_id', v_refusal.refusal_id);
+END;
+$$;
+
 -- sms.apply_ops(...): applies normalised ops and preconditions (see sms.normalize_delta) to the
 -- state (tenant_id, fsa_id); the engine behind sms.apply_delta, sms.replace_state, sms.rollback and
 -- sms.heartbeat, and what a replay of the log calls with each logged row's ops. Ops are trusted to
@@ -28,7 +58,6 @@ DECLARE
     v_targets jsonb;
     v_message text;
     v_detail  jsonb;
-    v_refusal sms.refusals;
 BEGIN
     PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, '')),
             sms.check_id('actor', p_actor), sms.check_id('lineage_id', p_lineage_id),
@@ -48,13 +77,7 @@ BEGIN
     EXCEPTION WHEN SQLSTATE 'SM011' THEN
         GET STACKED DIAGNOSTICS v_message = MESSAGE_TEXT, v_detail = PG_EXCEPTION_DETAIL;
     END;
-    INSERT INTO sms.refusals (tenant_id, fsa_id, version, delta_id, actor, lineage_id, trace_id, aml_level, meta, ops,
-                              violations)
-    VALUES (p_tenant_id, p_fsa_id, (v_detail ->> 'current_version')::bigint, p_delta_id, p_actor, p_lineage_id, p_trace_id,
-            sms.aml_level(p_meta), coalesce(p_meta, '{}'), p_ops, v_detail -> 'violations')
-    RETURNING * INTO v_refusal;
-    RETURN jsonb_build_object('success', false, 'refused', true, 'error', 'policy-violation', 'message', v_message,
-                              'violations', v_refusal.violations, 'version', v_refusal.version,
-                              'refusal_id', v_refusal.refusal_id);
+    RETURN sms.record_refusal(p_tenant_id, p_fsa_id, p_ops, p_actor, p_lineage_id, p_delta_id, p_meta, p_trace_id,
+                              v_message, v_detail);
 END;
 $$;

@@ -10,6 +10,7 @@ import pytest
 from helpers import apply_delta, assert_problem
 
 from app.client import StateMemoryClient, ValidationError
+from app.domain.change import Position
 
 T, F = "acme", "launch"
 URL = f"/state/{T}/{F}"
@@ -141,8 +142,8 @@ async def test_changes_and_the_feed_filter_read_through_the_states_aliases(clien
 
     # the tenant-wide feed parses the filter with each delta's own state's aliases
     await apply_delta(conn, {"tasks.DESIGN_1.status": "DONE"}, tenant=T, fsa="other")
-    rows = await db.read_feed(T, None, "0", "", 0, "todo:*", 100)
-    wanted = {(change.fsa_id, change.version): touches for change, touches, _ in rows}
+    rows = await db.read_feed(T, None, Position(), ["todo:*"], 100)
+    wanted = {(change.fsa_id, change.version): touches for change, _, (touches,) in rows}
     assert wanted[F, since + 1] is True  # tasks, through this state's alias
     assert wanted[F, since + 2] is False  # jobs
     assert wanted["other", 2] is False  # in "other", todo:* means a collection named todo

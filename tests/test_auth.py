@@ -150,6 +150,7 @@ ROUTE_EXAMPLES: dict[Route, Example] = {
     ("POST", STATE + "/delta"): Example("/state/{t}/f/delta", body={"counter": 5}),
     ("POST", "/validate/delta"): Example("/validate/delta?tenant_id={t}&fsa_id=f", body={"counter": 5}),
     ("GET", STATE + "/deltas"): Example("/state/{t}/f/deltas"),
+    ("POST", STATE + "/deltas"): Example("/state/{t}/f/deltas", body=[{"delta": {"counter": 5}}]),
     ("GET", STATE + "/events"): Example("/state/{t}/f/events", sse=True),
     ("GET", "/events"): Example("/events?tenant={t}", sse=True),
     ("GET", STATE + "/history"): Example("/state/{t}/f/history?path=counter"),

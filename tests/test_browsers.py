@@ -28,6 +28,10 @@ def write_requests(spare_key_id: str) -> dict[tuple[str, str], tuple[str, object
     in which they all succeed one after the other on the seeded state."""
     return {
         ("POST", "/state/{tenant_id:str}/{fsa_id:str}/delta"): (f"/state/{T}/{F}/delta", {"n": {"$inc": 1}}),
+        ("POST", "/state/{tenant_id:str}/{fsa_id:str}/deltas"): (
+            f"/state/{T}/{F}/deltas",
+            [{"delta": {"n": {"$inc": 1}}}],
+        ),
         ("POST", "/validate/delta"): (f"/validate/delta?tenant_id={T}&fsa_id={F}", {"n": 2}),
         ("POST", "/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}/comment"): (
             f"/tasks/{T}/{F}/T1/comment",

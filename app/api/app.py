@@ -28,6 +28,7 @@ from app.api.keys import KEY_ROUTES
 from app.api.policies import POLICY_ROUTES
 from app.api.routes import ROUTES
 from app.api.schemas import add_components
+from app.db.group_commit import GroupCommit
 from app.db.listener import Listener
 from app.db.queries import Database
 from app.db.roles import api_database_url
@@ -202,6 +203,11 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             await listener.start()
             app.state.auth = Authenticator(settings, app.state.db)
             app.state.feed = Feed(app.state.db, listener, poll_interval=settings.feed_poll_seconds)
+            app.state.group_commit = (
+                GroupCommit(window=settings.group_commit_window_ms / 1000, max_batch=settings.group_commit_max)
+                if settings.group_commit
+                else None
+            )
             yield
         finally:
             await listener.stop()

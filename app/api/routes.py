@@ -27,14 +27,15 @@ from app.api.schemas import (
     not_modified,
     write_parameters,
 )
+from app.db.group_commit import GroupCommit
 from app.db.queries import Database
 from app.domain import jsontext
-from app.domain.delta import MAX_VERSION, decode_body, delta_text, document_text, write_meta
+from app.domain.delta import MAX_VERSION, batch_writes, decode_body, delta_text, document_text, write_meta
 from app.domain.ids import check_id
 from app.domain.keys import Principal
 from app.domain.predicate import check_predicate
 from app.domain.summary import slice_body, slice_header, slice_summary, state_summary
-from app.errors import invalid_slice, malformed, policy_violation
+from app.errors import Problem, invalid_slice, malformed, policy_violation
 from app.settings import Settings
 
 JSON = "application/json"  # what handlers answer, as text PostgreSQL built
@@ -298,7 +299,75 @@ async def apply_delta(
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     delta = await _delta_text(request, settings)
     meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
-    return write_response(await db.apply_delta(tenant_id, fsa_id, delta, meta))
+    group_commit: GroupCommit | None = state.group_commit
+    if group_commit is None:
+        return write_response(await db.apply_delta(tenant_id, fsa_id, delta, meta))
+    return write_response(await group_commit.apply(db, tenant_id, fsa_id, delta, meta))
+
+
+@post(
+    "/state/{tenant_id:str}/{fsa_id:str}/deltas",
+    status_code=HTTP_200_OK,
+    opt=WRITE,
+    operation_class=documented(
+        Answer("BatchResult", "Each write's result, in order: applied, or the problem it met"),
+        body={JSON: "Batch"},
+        problems=(*WRITES, 409, 422),
+        parameters=[parameter for parameter in write_parameters() if parameter.name == "traceparent"],
+    ),
+)
+async def apply_batch(
+    request: Request,
+    db: Db,
+    principal: Caller,
+    state: State,
+    tenant_id: TenantId,
+    fsa_id: FsaId,
+    atomic: Annotated[
+        bool, QueryParameter(description="All or nothing: the first write that fails rolls back the batch")
+    ] = False,
+) -> Response:
+    """Apply a batch of writes to the state in one transaction, in order: a JSON array of
+    {"delta", "actor", "lineage_id", "delta_id", "expected_version", "meta"} (only the delta is
+    required; X-Actor, X-Lineage-Id and traceparent apply to every write). Each write gets its own
+    version, checks and result, as if it had been sent alone: independently by default (a write
+    that fails is refused alone), or with atomic=true all or nothing — then a failure is the
+    failing write's problem, with its `index` and every write's result."""
+    settings = state.settings
+    check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
+    writes = [
+        (delta, principal.stamp(meta))
+        for delta, meta in batch_writes(await request.body(), dict(request.headers), settings.limits)
+    ]
+    results = await db.apply_deltas(tenant_id, fsa_id, writes, atomic)
+    return batch_response(tenant_id, fsa_id, atomic, results)
+
+
+def batch_response(tenant_id: str, fsa_id: str, atomic: bool, results: list[str | Problem]) -> Response:
+    """Each result as a single write would have answered: its result, or its problem's body."""
+    problems: dict[int, Problem] = {}
+    outcomes: list[Any] = []
+    for index, result in enumerate(results):
+        if not isinstance(result, Problem):
+            decoded = msgspec.json.decode(result)
+            if not decoded.get("refused"):
+                outcomes.append(msgspec.Raw(result.encode()))
+                continue
+            result = policy_violation(decoded)
+        problems[index] = result
+        outcomes.append(result.to_dict())
+    if atomic and problems:
+        index, cause = next((i, p) for i, p in problems.items() if p.slug != "batch-aborted")
+        cause.extra.update(index=index, results=outcomes)
+        raise cause
+    body = {
+        "tenant_id": tenant_id,
+        "fsa_id": fsa_id,
+        "atomic": atomic,
+        "applied": len(outcomes) - len(problems),
+        "results": outcomes,
+    }
+    return json_response(jsontext.encode(body))
 
 
 @post(
@@ -382,6 +451,7 @@ ROUTES = [
     remove_alias,
     replace_state,
     apply_delta,
+    apply_batch,
     validate_delta,
     read_deltas,
 ]

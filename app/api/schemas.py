@@ -39,7 +39,7 @@ from litestar.openapi.spec import (
 )
 
 from app.api.compat import V2
-from app.domain.delta import MAX_VERSION
+from app.domain.delta import MAX_META_NUMBER, MAX_VERSION
 from app.domain.ids import UNSEEN
 from app.domain.keys import SCOPES
 from app.settings import Limits, Settings
@@ -468,7 +468,8 @@ class Problem(msgspec.Struct):
     they apply: `path` (the offending path), `field` (the offending id), `current` and
     `current_version` (a conflict: what the state holds now), `failed` (the $expect paths that did
     not hold), `violations`, `refusal_id` (a policy refusal), `outcome: "unknown"` (a 503 to a
-    write, which may have been applied: retry it with the same Idempotency-Key)."""
+    write, which may have been applied: retry it with the same Idempotency-Key), `index` and
+    `results` (the failing write of an all-or-nothing batch, and every write's result)."""
 
     type: str
     title: str
@@ -483,6 +484,8 @@ class Problem(msgspec.Struct):
     violations: list[Violation] | Unset = UNSET
     refusal_id: UUID | Unset = UNSET
     outcome: Literal["unknown"] | Unset = UNSET
+    index: int | Unset = UNSET
+    results: list[Any] | Unset = UNSET
 
 
 STRUCTS = (
@@ -549,6 +552,26 @@ def value_schemas(limits: Limits) -> dict[str, Any]:
     plain_key = {"type": "string", "maxLength": limits.max_key_length, "pattern": "^(?:[^$\\u0000][^\\u0000]*)?$"}
     depth = f"Values nest at most {limits.max_depth} levels deep, counting the delta (or state) that holds them as one."
     header_class = _UNSEEN_CLASS + "\\s"  # a header's value loses surrounding white space on the way
+    batch_write = {
+        # anyOf, though only one can hold (an object or an array): generators filter oneOf
+        "delta": {"anyOf": [_ref("DeltaMap"), _ref("DeltaOps")]},
+        "actor": _ref("Id"),
+        "lineage_id": _ref("SegmentId"),
+        "delta_id": _ref("HeaderId"),
+        "expected_version": {"type": "integer", "minimum": 0, "maximum": MAX_VERSION},
+        "meta": {
+            "description": "Kept with the delta, as a single write's other query parameters are",
+            "type": "object",
+            "maxProperties": 20,
+            "propertyNames": {"maxLength": 64, "pattern": NO_NUL},
+            "additionalProperties": {
+                "anyOf": [
+                    {"type": "string", "maxLength": 256, "pattern": NO_NUL},
+                    {"type": "number", "minimum": -MAX_META_NUMBER, "maximum": MAX_META_NUMBER},
+                ]
+            },
+        },
+    }
     return {
         "Id": {"description": "An id (actor, idempotency key, …)", **id_schema(limits.max_id_length)},
         "SegmentId": {
@@ -719,6 +742,31 @@ def value_schemas(limits: Limits) -> dict[str, Any]:
         "Delta": {
             "description": "A delta: a map of paths, or the same as a list of operations.",
             "oneOf": [_ref("DeltaMap"), _ref("DeltaOps")],
+        },
+        "Batch": {
+            "description": "Writes to apply in one transaction, in order: each a delta with its own metadata.",
+            "type": "array",
+            "minItems": 1,
+            "maxItems": limits.max_batch,
+            "items": {
+                "type": "object",
+                "required": ["delta"],
+                "properties": batch_write,
+                "additionalProperties": False,
+            },
+        },
+        "BatchResult": {
+            "description": "Each write's result in order: what it would have answered alone (a write result, or "
+            "the problem it met).",
+            "type": "object",
+            "required": ["tenant_id", "fsa_id", "atomic", "applied", "results"],
+            "properties": {
+                "tenant_id": {"type": "string"},
+                "fsa_id": {"type": "string"},
+                "atomic": {"type": "boolean"},
+                "applied": {"type": "integer", "minimum": 0},
+                "results": {"type": "array", "items": {"anyOf": [_ref("WriteResult"), _ref("Problem")]}},
+            },
         },
         "JsonPatch": {
             "description": "An RFC 6902 JSON Patch: add and replace set a key, remove removes one (replace and remove "

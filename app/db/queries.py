@@ -20,17 +20,21 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from app.domain import jsontext
+from app.domain.change import Change, Position
 from app.domain.delta import WriteMeta
 from app.domain.keys import NewKey
-from app.errors import database_busy, database_unavailable, from_sqlstate
+from app.errors import Problem, database_busy, database_unavailable, from_sqlstate
 
 log = logging.getLogger(__name__)
 
 _APPLY = """
 SELECT sms.{function}($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text FROM sms.act_for($11)
 """
+
+_APPLY_BATCH = "SELECT sms.apply_deltas($1, $2, $3::text::jsonb, $4)::text FROM sms.act_for($5)"
 
 # Built as text rather than with json_build_object, whose output pads every colon with spaces.
 _READ_STATE = """
@@ -119,15 +123,15 @@ WITH log AS (
            LATERAL (SELECT * FROM sms.feed_after($1, $2, $3::text::xid8, $4, $5, $7) WITH ORDINALITY
                      WHERE acting OFFSET 0) f
 ), slices AS (
-    -- the slice filter, parsed once per state, with that state's aliases
-    SELECT fsa_id, sms.parse_slice($6, sms.aliases_of($1, fsa_id)) AS parts
-      FROM (SELECT DISTINCT fsa_id FROM log) states
-     WHERE $6::text IS NOT NULL
+    -- each slice filter, parsed once per state, with that state's aliases
+    SELECT states.fsa_id, specs.n, sms.parse_slice(specs.spec, sms.aliases_of($1, states.fsa_id)) AS parts
+      FROM (SELECT DISTINCT fsa_id FROM log) states, unnest($6::text[]) WITH ORDINALITY specs(spec, n)
 )
 SELECT log.fsa_id, log.version, log.delta_id::text AS delta_id, log.actor, log.lineage_id, log.trace_id,
        log.parent_id, log.meta, log.ops, log.paths, log.collections, log.created_at, log.tx_id::text AS tx_id,
-       CASE WHEN $6::text IS NULL THEN true ELSE sms.touches_slice(log.ops, slices.parts) END AS wanted
-  FROM log LEFT JOIN slices USING (fsa_id)
+       ARRAY(SELECT sms.touches_slice(log.ops, s.parts) FROM slices s WHERE s.fsa_id = log.fsa_id ORDER BY s.n)
+           AS wanted
+  FROM log
  ORDER BY log.ordinality
 """
 
@@ -141,6 +145,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
             encoder=lambda v: v if isinstance(v, str) else jsontext.encode(v).decode(),
             decoder=jsontext.decode,
         )
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset of a connection given back: nothing beyond the ROLLBACK of an unfinished
+    transaction, which asyncpg does itself. Whatever the service sets lasts one transaction — the
+    tenants it acts for (sms.act_for), a where query's timeout — its advisory locks are
+    transaction-level and pooled connections never LISTEN, so the default reset (RESET ALL,
+    pg_advisory_unlock_all(), UNLISTEN *, CLOSE ALL) would cost a second round trip per request to
+    undo nothing. tests/test_rls.py checks that no tenant outlives its statement on a connection."""
 
 
 class Database:
@@ -188,6 +201,7 @@ class Database:
                 min_size=min_size,
                 max_size=max_size,
                 init=_init_connection,
+                reset=_keep_session,
                 timeout=timeout,
                 command_timeout=statement_timeout_ms / 1000 + 1,  # the server's statement timeout answers first
                 server_settings={
@@ -205,7 +219,7 @@ class Database:
 
     def acting_for(self, tenants: Sequence[str] | None) -> Database:
         """The same pool, its statements acting for these tenants."""
-        return Database(
+        return type(self)(
             self.pool,
             None if tenants is None else sorted(tenants),
             acquire_timeout=self.acquire_timeout,
@@ -292,6 +306,17 @@ class Database:
         """Apply a delta (JSON text); returns the result object as JSON text."""
         return await self._value(_APPLY.format(function="apply_delta"), *write_args(tenant_id, fsa_id, delta, meta))
 
+    async def apply_deltas(
+        self, tenant_id: str, fsa_id: str, writes: Sequence[tuple[str, WriteMeta]], atomic: bool = False
+    ) -> list[str | Problem]:
+        """Apply deltas (JSON text, each with its metadata) to one state in one transaction
+        (sms.apply_deltas); returns each one's result as JSON text — exactly what `apply_delta`
+        would have returned — or the Problem it would have raised, in order. A problem of the whole
+        call (the database away, a timeout) is raised."""
+        batch = b"[" + b",".join(_write_json(delta, meta) for delta, meta in writes) + b"]"
+        text = await self._value(_APPLY_BATCH, tenant_id, fsa_id, batch.decode(), atomic)
+        return [_write_result(bytes(result)) for result in msgspec.json.decode(text, type=list[msgspec.Raw])]
+
     async def replace_state(self, tenant_id: str, fsa_id: str, document: str, meta: WriteMeta) -> str:
         """Replace the whole state (JSON text), logged as one delta; the result as JSON text."""
         return await self._value(
@@ -357,24 +382,18 @@ class Database:
         return row[0], row[1]
 
     async def read_feed(
-        self,
-        tenant_id: str,
-        fsa_id: str | None,
-        after_tx: str,
-        after_fsa: str,
-        after_version: int,
-        slice_spec: str | None,
-        limit: int,
-    ) -> list[tuple[Any, bool, str]]:
-        """The log after a position (sms.feed_after) as (Change, touches the slice, tx_id)."""
-        from app.feed import Change  # the feed's own type; imported here to keep modules acyclic
-
-        rows = await self._rows(_READ_FEED, tenant_id, fsa_id, after_tx, after_fsa, after_version, slice_spec, limit)
+        self, tenant_id: str, fsa_id: str | None, after: Position, slice_specs: Sequence[str], limit: int
+    ) -> list[tuple[Change, Position, list[bool]]]:
+        """The log after a position (sms.feed_after): each change, its position, and whether it
+        touches each of the slice specs."""
+        rows = await self._rows(
+            _READ_FEED, tenant_id, fsa_id, str(after.tx_id), after.fsa_id, after.version, list(slice_specs), limit
+        )
         return [
             (
                 Change(tenant_id=tenant_id, **{k: v for k, v in row.items() if k not in ("wanted", "tx_id")}),
+                Position(int(row["tx_id"]), row["fsa_id"], row["version"]),
                 row["wanted"],
-                row["tx_id"],
             )
             for row in rows
         ]
@@ -393,14 +412,15 @@ class Database:
         """The parsed parts of a slice spec; a 400 problem when it is invalid."""
         return await self._value("SELECT sms.parse_slice($1) FROM sms.act_for($2)", spec)
 
-    async def delta_tx_id(self, tenant_id: str, fsa_id: str, version: int) -> str | None:
-        return await self._value(
+    async def delta_tx_id(self, tenant_id: str, fsa_id: str, version: int) -> int | None:
+        tx_id = await self._value(
             "SELECT (SELECT tx_id::text FROM sms.deltas WHERE tenant_id = $1 AND fsa_id = $2 AND version = $3)"
             " FROM sms.act_for($4)",
             tenant_id,
             fsa_id,
             version,
         )
+        return None if tx_id is None else int(tx_id)
 
     async def current_version(self, tenant_id: str, fsa_id: str) -> int:
         return await self._value("SELECT sms.current_version($1, $2) FROM sms.act_for($3)", tenant_id, fsa_id)
@@ -522,6 +542,37 @@ SELECT r.rolname, r.rolsuper OR r.rolbypassrls
                   OR pg_has_role(r.oid, (SELECT relowner FROM pg_class WHERE oid = 'sms.states'::regclass), 'USAGE')
   FROM pg_roles r WHERE r.rolname = current_user
 """
+
+
+def _write_json(delta: str, meta: WriteMeta) -> bytes:
+    """One write of a batch, as sms.apply_write takes it: the delta's own text and its metadata."""
+    fields = {
+        "actor": meta.actor,
+        "lineage_id": meta.lineage_id,
+        "delta_id": None if meta.delta_id is None else str(meta.delta_id),
+        "expected_version": meta.expected_version,
+        "meta": meta.meta,
+        "trace_id": meta.trace_id,
+        "parent_id": meta.parent_id,
+    }
+    return jsontext.encode({"delta": msgspec.Raw(delta.encode()), **{k: v for k, v in fields.items() if v is not None}})
+
+
+class _Refused(msgspec.Struct):
+    """What a batch result says when its write raised an error rather than applying."""
+
+    sqlstate: str | None = None
+    message: str = ""
+    detail: str | None = None
+
+
+def _write_result(result: bytes) -> str | Problem:
+    """A batch result: a write's result text, or the Problem it met (as it would have been raised)."""
+    refused = msgspec.json.decode(result, type=_Refused)
+    if refused.sqlstate is None:
+        return result.decode()
+    problem = from_sqlstate(refused.sqlstate, refused.message, refused.detail)
+    return problem or Problem(500, "internal-error", "Internal error", "an unexpected database error occurred")
 
 
 def write_args(tenant_id: str, fsa_id: str, body: Any, meta: WriteMeta) -> tuple[Any, ...]:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import msgspec
 
 from app.domain import jsontext
 from app.domain.ids import check_id
-from app.errors import invalid, malformed, too_large
+from app.errors import Problem, invalid, malformed, too_large
 from app.settings import Limits
 
 # Idempotency keys that are not UUIDs are mapped to one deterministically.
@@ -322,10 +322,7 @@ def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) 
             # a lineage is read back at /lineage/{lineage_id}: it must be a path segment
             check_id(name, value, limits.max_id_length, segment=name == "lineage_id")
     meta = {k: v for k, v in params.items() if k not in KNOWN_PARAMS}
-    if len(meta) > MAX_META_PARAMS or any(len(k) > 64 or len(v) > 256 for k, v in meta.items()):
-        raise malformed(f"at most {MAX_META_PARAMS} extra query parameters of up to 256 characters are kept")
-    if any("\x00" in name or "\x00" in value for name, value in meta.items()):  # ids say so themselves: 422
-        raise malformed("query parameters kept as meta may not hold NUL characters")
+    _check_kept(meta)
     return WriteMeta(
         actor=actor,
         lineage_id=lineage_id,
@@ -335,6 +332,14 @@ def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) 
         parent_id=parent_id,
         meta=meta,
     )
+
+
+def _check_kept(meta: dict[str, str]) -> None:
+    """What a write keeps as meta: a few short strings (NUL: ids say so themselves, as 422s)."""
+    if len(meta) > MAX_META_PARAMS or any(len(k) > 64 or len(v) > 256 for k, v in meta.items()):
+        raise malformed(f"at most {MAX_META_PARAMS} extra query parameters of up to 256 characters are kept")
+    if any("\x00" in name or "\x00" in value for name, value in meta.items()):
+        raise malformed("query parameters kept as meta may not hold NUL characters")
 
 
 def _given(params: dict[str, str], param: str, headers: dict[str, str], header: str) -> str | None:
@@ -367,3 +372,56 @@ def _version(raw: str) -> int:
     if version > MAX_VERSION:
         raise malformed(f"a version is at most {MAX_VERSION}")
     return version
+
+
+class BatchWrite(msgspec.Struct, forbid_unknown_fields=True):
+    """One write of a batch (POST /state/{t}/{f}/deltas): a delta, as a map or a list of operations,
+    and its own metadata, named as a single write's query parameters are (a member is given or
+    left out, never null)."""
+
+    delta: msgspec.Raw
+    actor: str | msgspec.UnsetType = msgspec.UNSET
+    lineage_id: str | msgspec.UnsetType = msgspec.UNSET
+    delta_id: str | msgspec.UnsetType = msgspec.UNSET
+    expected_version: int | float | msgspec.UnsetType = msgspec.UNSET  # whole: JSON Schema counts 7.0 as one
+    meta: dict[str, str | int | float] = {}
+
+
+MAX_META_NUMBER = 10**15  # a number a batch write keeps as meta (stored as its text, as query parameters are)
+
+# The request headers that a batch's writes share (each write names its own idempotency key and
+# expected version, so Idempotency-Key and If-Match do not apply to a batch).
+BATCH_HEADERS = ("x-actor", "x-lineage-id", "traceparent")
+
+
+def batch_writes(body: bytes, headers: dict[str, str], limits: Limits) -> list[tuple[str, WriteMeta]]:
+    """A batch's writes, each as (delta text, metadata), checked as a single write's are; a problem
+    names the write it concerns (`index`, from 0)."""
+    _check_size(body, limits)
+    writes = _decode(body, list[BatchWrite], 'a batch: a JSON array of {"delta": …} with each write\'s metadata')
+    if not writes:
+        raise invalid("a batch holds at least one write")
+    if len(writes) > limits.max_batch:  # the schema's maxItems: an invalid batch, as JSON Schema says
+        raise invalid(f"the batch holds {len(writes)} writes; at most {limits.max_batch} are allowed")
+    shared = {name: headers[name] for name in BATCH_HEADERS if name in headers}
+    return [_batch_write(index, write, shared, limits) for index, write in enumerate(writes)]
+
+
+def _batch_write(index: int, write: BatchWrite, headers: dict[str, str], limits: Limits) -> tuple[str, WriteMeta]:
+    named = {"actor": write.actor, "lineage_id": write.lineage_id, "delta_id": write.delta_id}
+    try:
+        if write.expected_version is not msgspec.UNSET:
+            version = write.expected_version
+            if isinstance(version, float) and not version.is_integer():
+                raise malformed(f"a version must be a whole number, not {version}")
+            named["expected_version"] = str(int(version))
+        meta = write_meta({k: v for k, v in named.items() if isinstance(v, str)}, headers, limits)
+        if any(not isinstance(value, str) and abs(value) > MAX_META_NUMBER for value in write.meta.values()):
+            raise malformed(f"a number kept as meta is at most {MAX_META_NUMBER} in absolute value")
+        kept = {name: str(value) for name, value in write.meta.items()}  # as a single write's query parameters
+        _check_kept(kept)
+        return delta_text(bytes(write.delta), "application/json", limits), replace(meta, meta=kept)
+    except Problem as problem:
+        problem.detail = f"write {index}: {problem.detail}"
+        problem.extra["index"] = index
+        raise

@@ -1,0 +1,123 @@
+"""Group commit for hot states (DESIGN §11).
+
+One state is a serial stream of versions: its writers take turns on its lock, and each turn holds
+the lock through a WAL flush and a NOTIFY. Here a process sends at most one transaction at a time
+per state; deltas that arrive while it is in flight wait for it and then go together, in arrival
+order, as ONE call of sms.apply_deltas — one transaction, one flush, one NOTIFY — in which each
+delta still gets its own version, log row, checks and result, and a failing one is refused alone.
+
+A delta that finds its state idle is sent at once, alone, through sms.apply_delta: a lone delta
+waits for no window. Deltas that find it busy wait for the flight in progress, and at most
+`window` seconds after the first of them arrived, for others to join them (up to `max_batch`).
+Every caller gets exactly what its delta would have got alone: its result, or its own Problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from dataclasses import dataclass, field
+
+from app.db.queries import Database
+from app.domain.delta import WriteMeta
+from app.errors import Problem
+
+log = logging.getLogger(__name__)
+
+LaneKey = tuple[str, str, tuple[str, ...] | None]  # tenant, state, and the tenants the writes act for
+
+
+@dataclass(eq=False)
+class _Write:
+    delta: str
+    meta: WriteMeta
+    arrived: float
+    future: asyncio.Future[str]
+
+
+@dataclass(eq=False)
+class _Lane:
+    """The writes of one state waiting for the transaction in flight."""
+
+    waiting: list[_Write] = field(default_factory=list)
+    drain: asyncio.Task[None] | None = None
+
+
+class GroupCommit:
+    """Applies the deltas of one process, batching those that meet on a busy state."""
+
+    def __init__(self, *, window: float = 0.002, max_batch: int = 32) -> None:
+        self.window = window
+        self.max_batch = max(1, max_batch)
+        self._lanes: dict[LaneKey, _Lane] = {}
+        self.batches = 0  # transactions of more than one delta so far (for tests and metrics)
+
+    async def apply(self, db: Database, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> str:
+        """Apply a delta (JSON text); its result as JSON text, or the Problem it met."""
+        key: LaneKey = (tenant_id, fsa_id, None if db.tenants is None else tuple(db.tenants))
+        lane = self._lanes.get(key)
+        if lane is not None:  # busy: join the next batch
+            loop = asyncio.get_running_loop()
+            write = _Write(delta, meta, loop.time(), loop.create_future())
+            lane.waiting.append(write)
+            return await write.future
+        lane = self._lanes[key] = _Lane()
+        try:
+            return await db.apply_delta(tenant_id, fsa_id, delta, meta)
+        finally:
+            # after the flight: send what waited for it, or free the lane
+            if lane.waiting:
+                lane.drain = asyncio.create_task(self._drain(key, lane, db), name=f"sms-group-commit {key[:2]}")
+            else:
+                del self._lanes[key]
+
+    async def _drain(self, key: LaneKey, lane: _Lane, db: Database) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while lane.waiting:
+                wait = lane.waiting[0].arrived + self.window - loop.time()
+                if wait > 0 and len(lane.waiting) < self.max_batch:
+                    await asyncio.sleep(wait)
+                batch, lane.waiting[: self.max_batch] = lane.waiting[: self.max_batch], []
+                await self._flight(db, key, batch)
+        finally:
+            for write in lane.waiting:  # only when cancelled (the loop shuts down): nothing was sent
+                write.future.cancel()
+            del self._lanes[key]
+
+    async def _flight(self, db: Database, key: LaneKey, batch: list[_Write]) -> None:
+        """One transaction for the batch; every caller gets its own answer."""
+        tenant_id, fsa_id, _ = key
+        try:
+            if len(batch) == 1:
+                results: list[str | Problem] = [await db.apply_delta(tenant_id, fsa_id, batch[0].delta, batch[0].meta)]
+            else:
+                self.batches += 1
+                results = await db.apply_deltas(tenant_id, fsa_id, [(write.delta, write.meta) for write in batch])
+        except Problem as problem:
+            if problem.status >= 500 or len(batch) == 1:
+                results = [copy.copy(problem) for _ in batch]  # the same answer each would have had alone
+            else:
+                # the batch as a whole was refused (one delta's text PostgreSQL would not take as
+                # JSON): each delta alone gets its own answer
+                results = [await _alone(db, tenant_id, fsa_id, write) for write in batch]
+        except BaseException as exc:
+            for write in batch:
+                if not write.future.done():
+                    write.future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            raise
+        for write, result in zip(batch, results, strict=True):
+            if write.future.done():  # its caller went away
+                continue
+            if isinstance(result, Problem):
+                write.future.set_exception(result)
+            else:
+                write.future.set_result(result)
+
+
+async def _alone(db: Database, tenant_id: str, fsa_id: str, write: _Write) -> str | Problem:
+    try:
+        return await db.apply_delta(tenant_id, fsa_id, write.delta, write.meta)
+    except Problem as problem:
+        return problem

@@ -1,0 +1,53 @@
+"""One applied delta as the change feed delivers it, and where a subscriber is in the log."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from app.domain import jsontext
+
+
+@dataclass(frozen=True)
+class Change:
+    """One applied delta: its state, version, metadata and normalised ops."""
+
+    tenant_id: str
+    fsa_id: str
+    version: int
+    delta_id: str
+    actor: str | None
+    lineage_id: str | None
+    trace_id: str | None
+    parent_id: str | None
+    meta: dict[str, Any]
+    ops: list[dict[str, Any]]
+    paths: list[str]
+    collections: list[str]
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat()
+        return data
+
+    @functools.cached_property
+    def json(self) -> bytes:
+        """As JSON (exact numbers), encoded once however many subscribers send it."""
+        return jsontext.encode(self.to_dict())
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a subscriber is: after (tx_id, fsa_id, version) of a tenant's log. The tenant feed reads
+    in this order; one state's feed by version alone (its tx_id and fsa_id then stay as given)."""
+
+    tx_id: int = 0
+    fsa_id: str = ""
+    version: int = 0
+
+    def before(self, other: Position, *, one_state: bool) -> bool:
+        """Whether this position comes before `other` in the feed's order."""
+        return self.version < other.version if one_state else self < other
