@@ -79,6 +79,10 @@ class Problem(Exception):
         self.headers = headers or {}
         self.extra = extra
 
+    def copy(self) -> Problem:
+        """The same problem, to raise again elsewhere (each raise keeps its own traceback)."""
+        return Problem(self.status, self.slug, self.title, self.detail, dict(self.headers), **self.extra)
+
     @property
     def type(self) -> str:
         return PROBLEM_BASE + self.slug

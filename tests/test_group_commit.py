@@ -217,6 +217,45 @@ async def test_concurrent_deltas_share_transactions_and_each_gets_its_own_answer
     assert await conn.fetchval("SELECT count(DISTINCT tx_id) FROM sms.deltas") < 55
 
 
+async def test_a_refused_delta_that_waited_alone_gets_its_problem(database_url, conn):
+    """Two deltas at once: the first goes alone, the second waits and then goes alone too, refused by
+    its $expect. Its caller gets the 409 (it once got nothing, and the lane stopped working)."""
+    db = await Database.connect(database_url, min_size=1, max_size=4)
+    group = GroupCommit(window=0.002, max_batch=8)
+    try:
+        for round_ in range(5):
+            first = group.apply(db, TENANT, FSA, json.dumps({"n": round_}), _meta())
+            second = group.apply(db, TENANT, FSA, '{"x": 1, "$expect": {"x": 2}}', _meta())
+            applied, refused = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 30)
+            assert json.loads(applied)["version"] == round_ + 1
+            assert isinstance(refused, Problem) and (refused.status, refused.slug) == (409, "expectation-failed")
+        third = await group.apply(db, TENANT, FSA, '{"n": 9}', _meta())  # the lane still works
+    finally:
+        await db.close()
+    assert json.loads(third)["version"] == 6
+
+
+async def test_every_caller_of_a_batch_gets_the_database_being_away(database_url, conn):
+    """A batch the database cannot take (here: the schema is not there, as during a restore) gives
+    each of its callers the problem, as each alone would have had it."""
+    db = await Database.connect(database_url, min_size=1, max_size=4)
+    group = GroupCommit(window=0.01, max_batch=8)
+    try:
+        await conn.execute("ALTER FUNCTION sms.apply_deltas(text, text, jsonb, boolean) RENAME TO gone")
+        answers = await asyncio.wait_for(
+            asyncio.gather(
+                *(group.apply(db, TENANT, FSA, json.dumps({f"k{i}": i}), _meta()) for i in range(5)),
+                return_exceptions=True,
+            ),
+            30,
+        )
+    finally:
+        await db.close()
+    assert json.loads(answers[0])["version"] == 1  # alone, before the others met
+    assert all(isinstance(a, Problem) and a.status == 503 for a in answers[1:]), answers
+    assert len({id(a) for a in answers[1:]}) == 4  # each its own
+
+
 async def test_a_delta_postgresql_refuses_as_text_fails_alone(database_url, conn):
     """A batch PostgreSQL cannot even read (one delta's text holds \\u0000) is applied delta by delta."""
     db = await Database.connect(database_url, min_size=1, max_size=4)

@@ -15,7 +15,6 @@ Every caller gets exactly what its delta would have got alone: its result, or it
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 from dataclasses import dataclass, field
 
@@ -80,28 +79,19 @@ class GroupCommit:
                 if wait > 0 and len(lane.waiting) < self.max_batch:
                     await asyncio.sleep(wait)
                 batch, lane.waiting[: self.max_batch] = lane.waiting[: self.max_batch], []
-                await self._flight(db, key, batch)
+                try:
+                    await self._flight(db, key, batch)
+                except Exception:  # its callers have the error; those waiting still get their turn
+                    log.exception("a group-commit transaction failed unexpectedly")
         finally:
             for write in lane.waiting:  # only when cancelled (the loop shuts down): nothing was sent
                 write.future.cancel()
             del self._lanes[key]
 
     async def _flight(self, db: Database, key: LaneKey, batch: list[_Write]) -> None:
-        """One transaction for the batch; every caller gets its own answer."""
-        tenant_id, fsa_id, _ = key
+        """One transaction for the batch; every caller gets its own answer, whatever happens."""
         try:
-            if len(batch) == 1:
-                results: list[str | Problem] = [await db.apply_delta(tenant_id, fsa_id, batch[0].delta, batch[0].meta)]
-            else:
-                self.batches += 1
-                results = await db.apply_deltas(tenant_id, fsa_id, [(write.delta, write.meta) for write in batch])
-        except Problem as problem:
-            if problem.status >= 500 or len(batch) == 1:
-                results = [copy.copy(problem) for _ in batch]  # the same answer each would have had alone
-            else:
-                # the batch as a whole was refused (one delta's text PostgreSQL would not take as
-                # JSON): each delta alone gets its own answer
-                results = [await _alone(db, tenant_id, fsa_id, write) for write in batch]
+            results = await self._results(db, key, batch)
         except BaseException as exc:
             for write in batch:
                 if not write.future.done():
@@ -114,6 +104,20 @@ class GroupCommit:
                 write.future.set_exception(result)
             else:
                 write.future.set_result(result)
+
+    async def _results(self, db: Database, key: LaneKey, batch: list[_Write]) -> list[str | Problem]:
+        tenant_id, fsa_id, _ = key
+        if len(batch) == 1:
+            return [await _alone(db, tenant_id, fsa_id, batch[0])]
+        self.batches += 1
+        try:
+            return await db.apply_deltas(tenant_id, fsa_id, [(write.delta, write.meta) for write in batch])
+        except Problem as problem:
+            if problem.status >= 500:
+                return [problem.copy() for _ in batch]  # the same answer each would have had alone
+            # the batch as a whole was refused (one delta's text PostgreSQL would not take as JSON):
+            # each delta alone gets its own answer
+            return [await _alone(db, tenant_id, fsa_id, write) for write in batch]
 
 
 async def _alone(db: Database, tenant_id: str, fsa_id: str, write: _Write) -> str | Problem:
