@@ -1,10 +1,11 @@
-"""The `sms` command: serve, migrate, keys, policies, listen, demo, --version."""
+"""The `sms` command: serve, migrate, keys, policies, listen, demo, bench, loadtest, --version."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import importlib
 import ipaddress
 import json
 import logging
@@ -15,6 +16,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from app import __version__
@@ -150,6 +152,7 @@ def _serve_until_stopped(app: Litestar, settings: Settings, embedded: EmbeddedPo
         host=settings.host,
         port=settings.port,
         log_level="info",
+        access_log=False,  # a line per request cost more CPU than the request itself on a hot state
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     server = Server(config)
@@ -163,6 +166,21 @@ def _serve_until_stopped(app: Litestar, settings: Settings, embedded: EmbeddedPo
         embedded.supervise(on_give_up=give_up)
     server.run()
     return lost.is_set()
+
+
+def run_bench(argv: list[str]) -> None:
+    """`python -m bench ARGV`: the benchmarks live beside app/ in a checkout, not in the wheel."""
+    checkout = Path(__file__).resolve().parents[1]  # app/ beside bench/, in a checkout (an editable install too)
+    if (checkout / "bench" / "__main__.py").is_file() and str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    try:
+        bench = importlib.import_module("bench.__main__")
+    except ModuleNotFoundError:
+        raise SystemExit(
+            "sms: the benchmarks run from a checkout of the repository (its bench/ folder): cd into it and run "
+            "`sms bench` or `python -m bench all` there"
+        ) from None
+    raise SystemExit(bench.main(argv))
 
 
 def run_keys(args: argparse.Namespace, settings: Settings) -> None:
@@ -258,6 +276,7 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="sms",
         description="State Memory Service: one shared, versioned JSON state per (tenant, fsa) for many "
@@ -349,6 +368,16 @@ def main(argv: list[str] | None = None) -> None:
     demo_cmd.add_argument("--fsa", default="launch", help="state id; its state is replaced (default launch)")
     demo_cmd.add_argument("--rounds", type=int, default=5, help="rounds each agent reads and writes (default 5)")
     demo_cmd.set_defaults(run=run_demo)
+
+    # listed here for `sms --help`; their arguments go to the benchmark as they are (see run_bench)
+    commands.add_parser(
+        "bench", help="run the benchmark suite, from a checkout: sms bench [all|NAME] [options] (python -m bench)"
+    )
+    commands.add_parser(
+        "loadtest", help="simulated agents against one service, then check nothing was lost (python -m bench load)"
+    )
+    if argv and argv[0] in ("bench", "loadtest"):
+        run_bench(["load", *argv[1:]] if argv[0] == "loadtest" else argv[1:] or ["all"])
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -186,23 +186,14 @@ class Feed:
             subscriber.event.set()
 
     async def subscribe(
-        self,
-        tenant_id: str,
-        fsa_id: str | None = None,
-        *,
-        since: int | str | None = None,
-        slice_spec: str | None = None,
-        idle_timeout: float | None = None,
-        db: Database | None = None,
+        self, tenant_id: str, fsa_id: str | None = None, **options: Any
     ) -> AsyncIterator[Change | None]:
         """Changes after `since` — a version for one state, or an event id ("fsa:version") for a
         tenant — oldest first, then live. With `slice_spec`, only changes that touch the slice.
         With `idle_timeout`, yields None after that many idle seconds (for keep-alives). `db`
         reads the log while catching up (the HTTP service's acts for the request's key); the
-        feed's own by default. Ends when the feed is closed."""
-        pages = self.subscribe_pages(
-            tenant_id, fsa_id, since=since, slice_spec=slice_spec, idle_timeout=idle_timeout, db=db
-        )
+        feed's own by default. Ends when the feed is closed. (The options of `subscribe_pages`.)"""
+        pages = self.subscribe_pages(tenant_id, fsa_id, **options)
         try:
             async for page in pages:
                 if page is None:

@@ -65,7 +65,7 @@ class Limits:
     max_depth: int = 32  # nesting of JSON values in a body
     max_key_length: int = 512  # a delta path, in characters
     max_id_length: int = 128  # tenant, fsa, actor, lineage and idempotency ids, in characters
-    max_batch: int = 100  # writes in one batch (POST /state/{t}/{f}/deltas)
+    max_batch: int = 64  # writes in one batch (POST /state/{t}/{f}/deltas), each a subtransaction (see below)
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -112,7 +112,7 @@ class Settings:
     compat: str = "default"  # "v2": the original second-generation service's wire contract (app.api.compat)
     group_commit: bool = True  # concurrent deltas to one state share one transaction (app.db.group_commit)
     group_commit_window_ms: float = 2.0  # the most a delta that finds its state busy waits for others to join it
-    group_commit_max: int = 32  # deltas in one transaction at most
+    group_commit_max: int = 32  # deltas per transaction: each is a subtransaction, and past 64 every snapshot slows
     limits: Limits = field(default_factory=Limits)
 
     @classmethod

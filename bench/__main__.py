@@ -5,10 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import feed, history, merge, security
+from bench import feed, history, load, merge, security, seed, suite, throughput
 from bench import slice as slice_
 
-BENCHMARKS = {"feed": feed, "history": history, "merge": merge, "security": security, "slice": slice_}
+BENCHMARKS = {
+    "feed": feed,
+    "history": history,
+    "load": load,
+    "merge": merge,
+    "security": security,
+    "seed": seed,
+    "slice": slice_,
+    "throughput": throughput,
+    "fanout": throughput.fanout,
+    "servers": throughput.servers,
+    "all": suite,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -363,7 +363,7 @@ async def test_batch_endpoint_atomic(client, conn):
         ('[{"delta": {"n": 1}}, {"delta": {"n": 1}, "actor": ""}]', 422, "invalid-id", 1),
         ('[{"delta": {"n": 1}, "meta": {"x": "\\u0000"}}]', 400, "malformed-request", 0),
         ('[{"delta": {"n": 1}, "delta_id": ""}]', 422, "invalid-id", 0),
-        (json.dumps([{"delta": {"n": 1}}] * 101), 422, "invalid-delta", None),
+        (json.dumps([{"delta": {"n": 1}}] * 65), 422, "invalid-delta", None),
         ('[{"delta": {"n": 1}, "expected_version": 1.5}]', 400, "malformed-request", 0),
         ("[{", 400, "malformed-request", None),
     ],

@@ -21,9 +21,11 @@ from helpers import FSA, apply_delta, listening, snapshot
 from litestar.testing import AsyncTestClient
 
 from app.api.app import create_app
-from app.db.queries import RoleError
+from app.db.queries import Database, RoleError
 from app.db.roles import API_ROLE, api_database_url
+from app.domain.delta import WriteMeta
 from app.domain.keys import NewKey, key_hash
+from app.errors import Problem
 
 A = "tenant-a"
 B = "tenant-b"
@@ -357,6 +359,28 @@ async def test_what_a_statement_acts_for_ends_with_its_transaction(seeded, api):
         await api.execute("SELECT sms.act_for($1)", [B])
         assert await api.fetchval("SELECT count(*) FROM sms.deltas WHERE tenant_id = $1", B) == 2
     assert await api.fetchval("SELECT count(*) FROM sms.deltas") == 0
+
+
+async def test_a_pooled_connection_given_back_acts_for_no_tenant(seeded, database_url):
+    """The pool gives connections back without RESET ALL (app.db.queries._keep_session): after the
+    service's statements of every kind acted for A on the pool's one connection — a read, a write,
+    a batch, a slice read in a transaction of its own, a write that failed — that connection acts
+    for nobody, and a request for B on it sees nothing of A."""
+    db = await Database.connect(api_database_url(database_url), min_size=1, max_size=1)
+    try:
+        as_a, as_b = db.acting_for([A]), db.acting_for([B])
+        assert (await as_a.read_document(A, FSA))[0] == 2
+        await as_a.apply_delta(A, FSA, '{"n": 1}', WriteMeta())
+        await as_a.apply_deltas(A, FSA, [('{"n": 2}', WriteMeta()), ('{"n": {"$push": 1}}', WriteMeta())])
+        await as_a.read_slice(A, FSA, "tasks", None, "key", '$ ? (@.status == "OPEN")', "")
+        with pytest.raises(Problem):
+            await as_a.apply_delta(A, FSA, '{"n": {"$push": 1}}', WriteMeta())
+        async with db.pool.acquire() as raw:
+            assert await raw.fetchval("SELECT sms.request_tenants()") is None
+            assert await raw.fetchval("SELECT count(*) FROM sms.deltas") == 0
+        assert await as_b.read_document(A, FSA) == (0, {})
+    finally:
+        await db.close()
 
 
 async def test_the_owner_sees_every_tenants_rows_without_acting_for_any(seeded, api):

@@ -64,8 +64,13 @@ SELECT (
 """
 
 
-_READ_SLICE = """
-WITH r AS (SELECT sms.read_slice($1, $2, $3, $4, $5, $6::jsonpath, $7) AS read FROM sms.act_for($8)),
+# A slice read writes only the cache's statistics (hits, last use): its commit need not wait for the
+# WAL to reach the disk (synchronous_commit off, for this transaction alone). A crash may forget
+# the last few hits; it cannot lose or corrupt anything.
+_RELAXED_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) relaxed"
+
+_READ_SLICE = f"""
+WITH r AS (SELECT sms.read_slice($1, $2, $3, $4, $5, $6::jsonpath, $7) AS read FROM sms.act_for($8), {_RELAXED_COMMIT}),
 hit AS (
     -- count the hit without ever waiting: a row another reader is bumping is skipped
     -- and remember the collections' versions it was found valid at
@@ -368,7 +373,11 @@ class Database:
 
     async def store_slice_summary(self, tenant_id: str, fsa_id: str, read: dict[str, Any], summary: str) -> None:
         await self._value(
-            "SELECT sms.store_slice_summary($1, $2, $3, $4) FROM sms.act_for($5)", tenant_id, fsa_id, read, summary
+            f"SELECT sms.store_slice_summary($1, $2, $3, $4) FROM sms.act_for($5), {_RELAXED_COMMIT}",  # a cache
+            tenant_id,
+            fsa_id,
+            read,
+            summary,
         )
 
     async def read_document(self, tenant_id: str, fsa_id: str) -> tuple[int, dict[str, Any]]:
