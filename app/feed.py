@@ -41,6 +41,7 @@ HELD_BACK_RETRY = 0.02  # seconds before a tenant feed looks again for deltas st
 MAX_QUEUED_PAGES = 256  # pages a subscriber may fall behind its reader before it reads the log itself
 GATHER_PER_SUBSCRIBER = 0.0002  # seconds a reader lets changes gather after a page, per subscriber...
 MAX_GATHER = 0.1  # ... and at most (500 subscribers: 10 pages a second each, whatever the write rate)
+WAKE_AT_ONCE = 25  # subscribers a reader wakes in one turn of the event loop
 
 Row = tuple[Change, Position, list[bool]]  # a change, its position, whether it touches each slice spec
 
@@ -134,8 +135,12 @@ class _Reader:
         if rows:
             page = _Page(self.position, rows, slice_specs)
             self.position = rows[-1][1]
-            for subscriber in self.subscribers:
+            for n, subscriber in enumerate(list(self.subscribers), 1):
                 subscriber.deliver(page)
+                if n % WAKE_AT_ONCE == 0:
+                    # the next ones after the event loop has looked at its sockets: the writers'
+                    # requests are served between them, not after 500 streams' writes
+                    await asyncio.sleep(0)
         return rows
 
 

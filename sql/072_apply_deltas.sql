@@ -41,7 +41,7 @@ $$;
 -- The state's lock is taken once, first, for the whole batch. Errors that are not a write's own
 -- (a timeout, a shutdown) fail the call. One NOTIFY on sms_changes for the batch, carrying the
 -- range of versions it made: {"tenant_id", "fsa_id", "version" (the last), "from_version",
--- "deltas" (how many), "collections"}, unless sms.notify is 'off'.
+-- "deltas" (how many)}, unless sms.notify is 'off'.
 CREATE OR REPLACE FUNCTION sms.apply_deltas(
     p_tenant_id text,
     p_fsa_id    text,
@@ -128,28 +128,13 @@ END;
 $$;
 
 -- sms.notify_versions(tenant, fsa, versions): the one NOTIFY of a batch that made these versions
--- (none: no NOTIFY). Ids and a version range only, far below the 8000-byte limit.
+-- (none: no NOTIFY): ids and the range of versions, never anything a row of the log would have to
+-- be read for (subscribers read the log).
 CREATE OR REPLACE FUNCTION sms.notify_versions(p_tenant_id text, p_fsa_id text, p_versions bigint[]) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    v_payload text;
-BEGIN
-    IF cardinality(p_versions) IS DISTINCT FROM 0 AND p_versions IS NOT NULL THEN
-        SELECT jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', max(v),
-                                  'from_version', min(v), 'deltas', count(*),
-                                  'collections', (SELECT coalesce(jsonb_agg(DISTINCT c), '[]')
-                                                    FROM sms.deltas d, unnest(d.collections) c
-                                                   WHERE d.tenant_id = p_tenant_id AND d.fsa_id = p_fsa_id
-                                                     AND d.version = ANY (p_versions)))::text
-          INTO v_payload
-          FROM unnest(p_versions) v;
-        IF octet_length(v_payload) > 1000 THEN
-            v_payload := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id,
-                                            'version', (SELECT max(v) FROM unnest(p_versions) v),
-                                            'from_version', (SELECT min(v) FROM unnest(p_versions) v),
-                                            'deltas', cardinality(p_versions), 'truncated', true)::text;
-        END IF;
-        PERFORM pg_notify('sms_changes', v_payload);
-    END IF;
-END;
+LANGUAGE sql AS $$
+    SELECT pg_notify('sms_changes', jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id,
+                                                       'version', max(v), 'from_version', min(v),
+                                                       'deltas', count(*))::text)
+      FROM unnest(p_versions) v
+    HAVING count(*) > 0;
 $$;

@@ -176,7 +176,6 @@ async def test_one_notify_per_batch_with_the_version_range(conn, database_url):
         "version": 3,
         "from_version": 2,
         "deltas": 2,
-        "collections": ["a", "b"],
     }
 
 

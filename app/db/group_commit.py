@@ -7,9 +7,11 @@ order, as ONE call of sms.apply_deltas — one transaction, one flush, one NOTIF
 delta still gets its own version, log row, checks and result, and a failing one is refused alone.
 
 A delta that finds its state idle is sent at once, alone, through sms.apply_delta: a lone delta
-waits for no window. Deltas that find it busy wait for the flight in progress, and at most
-`window` seconds after the first of them arrived, for others to join them (up to `max_batch`).
-Every caller gets exactly what its delta would have got alone: its result, or its own Problem.
+waits for no window. Deltas that find it busy wait for the flight in progress and then, at most
+`window` seconds more, until as many are waiting as that flight carried (up to `max_batch`): the
+writers it just answered are those most likely to come back with their next delta, and without
+that wait the one that came back first would go alone and every other transaction would carry one
+delta. Every caller gets exactly what its delta would have got alone: its result, or its Problem.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class _Lane:
     """The writes of one state waiting for the transaction in flight."""
 
     waiting: list[_Write] = field(default_factory=list)
+    arrival: asyncio.Event = field(default_factory=asyncio.Event)  # set when a write joins `waiting`
+    carried: int = 1  # deltas in the last flight
     drain: asyncio.Task[None] | None = None
 
 
@@ -60,6 +64,7 @@ class GroupCommit:
             loop = asyncio.get_running_loop()
             write = _Write(delta, meta, loop.time(), loop.create_future())
             lane.waiting.append(write)
+            lane.arrival.set()
             return await write.future
         lane = self._lanes[key] = _Lane()
         try:
@@ -75,10 +80,9 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         try:
             while lane.waiting:
-                wait = lane.waiting[0].arrived + self.window - loop.time()
-                if wait > 0 and len(lane.waiting) < self.max_batch:
-                    await asyncio.sleep(wait)
+                await self._gather(lane, loop.time() + self.window)
                 batch, lane.waiting[: self.max_batch] = lane.waiting[: self.max_batch], []
+                lane.carried = len(batch)
                 try:
                     await self._flight(db, key, batch)
                 except Exception:  # its callers have the error; those waiting still get their turn
@@ -87,6 +91,16 @@ class GroupCommit:
             for write in lane.waiting:  # only when cancelled (the loop shuts down): nothing was sent
                 write.future.cancel()
             del self._lanes[key]
+
+    async def _gather(self, lane: _Lane, deadline: float) -> None:
+        """Until as many writes wait as the last flight carried, or the deadline."""
+        while len(lane.waiting) < min(lane.carried, self.max_batch):
+            lane.arrival.clear()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await lane.arrival.wait()
+            except TimeoutError:
+                return
 
     async def _flight(self, db: Database, key: LaneKey, batch: list[_Write]) -> None:
         """One transaction for the batch; every caller gets its own answer, whatever happens."""
