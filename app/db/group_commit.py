@@ -33,7 +33,6 @@ LaneKey = tuple[str, str, tuple[str, ...] | None]  # tenant, state, and the tena
 class _Write:
     delta: str
     meta: WriteMeta
-    arrived: float
     future: asyncio.Future[str]
 
 
@@ -44,7 +43,7 @@ class _Lane:
     waiting: list[_Write] = field(default_factory=list)
     arrival: asyncio.Event = field(default_factory=asyncio.Event)  # set when a write joins `waiting`
     carried: int = 1  # deltas in the last flight
-    drain: asyncio.Task[None] | None = None
+    drain: asyncio.Task[None] | None = None  # held here: the event loop keeps only a weak reference
 
 
 class GroupCommit:
@@ -61,8 +60,7 @@ class GroupCommit:
         key: LaneKey = (tenant_id, fsa_id, None if db.tenants is None else tuple(db.tenants))
         lane = self._lanes.get(key)
         if lane is not None:  # busy: join the next batch
-            loop = asyncio.get_running_loop()
-            write = _Write(delta, meta, loop.time(), loop.create_future())
+            write = _Write(delta, meta, asyncio.get_running_loop().create_future())
             lane.waiting.append(write)
             lane.arrival.set()
             return await write.future
