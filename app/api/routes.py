@@ -348,14 +348,11 @@ def batch_response(tenant_id: str, fsa_id: str, atomic: bool, results: list[str 
     problems: dict[int, Problem] = {}
     outcomes: list[Any] = []
     for index, result in enumerate(results):
-        if not isinstance(result, Problem):
-            decoded = msgspec.json.decode(result)
-            if not decoded.get("refused"):
-                outcomes.append(msgspec.Raw(result.encode()))
-                continue
-            result = policy_violation(decoded)
-        problems[index] = result
-        outcomes.append(result.to_dict())
+        if isinstance(result, Problem):
+            problems[index] = result
+            outcomes.append(result.to_dict())
+        else:
+            outcomes.append(msgspec.Raw(result.encode()))
     if atomic and problems:
         index, cause = next((i, p) for i, p in problems.items() if p.slug != "batch-aborted")
         cause.extra.update(index=index, results=outcomes)

@@ -26,7 +26,7 @@ from app.domain import jsontext
 from app.domain.change import Change, Position
 from app.domain.delta import WriteMeta
 from app.domain.keys import NewKey
-from app.errors import Problem, database_busy, database_unavailable, from_sqlstate
+from app.errors import Problem, database_busy, database_unavailable, from_sqlstate, policy_violation
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +316,8 @@ class Database:
     ) -> list[str | Problem]:
         """Apply deltas (JSON text, each with its metadata) to one state in one transaction
         (sms.apply_deltas); returns each one's result as JSON text — exactly what `apply_delta`
-        would have returned — or the Problem it would have raised, in order. A problem of the whole
-        call (the database away, a timeout) is raised."""
+        would have returned — or the Problem it met (a policy's refusal too), in order. A problem
+        of the whole call (the database away, a timeout) is raised."""
         batch = b"[" + b",".join(_write_json(delta, meta) for delta, meta in writes) + b"]"
         text = await self._value(_APPLY_BATCH, tenant_id, fsa_id, batch.decode(), atomic)
         return [_write_result(bytes(result)) for result in msgspec.json.decode(text, type=list[msgspec.Raw])]
@@ -568,16 +568,20 @@ def _write_json(delta: str, meta: WriteMeta) -> bytes:
 
 
 class _Refused(msgspec.Struct):
-    """What a batch result says when its write raised an error rather than applying."""
+    """What a batch result says when its write was not applied: the error it raised, or a policy's
+    refusal (which sms.apply_ops returns rather than raises, so that its record commits)."""
 
     sqlstate: str | None = None
     message: str = ""
     detail: str | None = None
+    refused: bool = False
 
 
 def _write_result(result: bytes) -> str | Problem:
-    """A batch result: a write's result text, or the Problem it met (as it would have been raised)."""
+    """A batch result: a write's result text, or the Problem it met (as a single write meets it)."""
     refused = msgspec.json.decode(result, type=_Refused)
+    if refused.refused:
+        return policy_violation(msgspec.json.decode(result))
     if refused.sqlstate is None:
         return result.decode()
     problem = from_sqlstate(refused.sqlstate, refused.message, refused.detail)
