@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
-from app.client import ConflictError, StateMemoryClient, StateSlice
 from app.domain.keys import NewKey
 from app.settings import Settings
+from state_memory_client import ConflictError, StateMemoryClient, StateSlice
 
 PHASES = ("DESIGN", "IMPLEMENT", "TEST", "DEPLOY", "MONITOR")
 TASKS_PER_PHASE = 24

@@ -9,8 +9,8 @@ import json
 import pytest
 from helpers import apply_delta, assert_problem
 
-from app.client import StateMemoryClient, ValidationError
 from app.domain.change import Position
+from state_memory_client import StateMemoryClient, ValidationError
 
 T, F = "acme", "launch"
 URL = f"/state/{T}/{F}"

@@ -15,8 +15,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app import client as client_module
-from app.client import (
+from state_memory_client import (
     ConflictError,
     DeltaResult,
     NotFoundError,
@@ -28,6 +27,7 @@ from app.client import (
     SyncStateMemoryClient,
     ValidationError,
 )
+from state_memory_client import client as client_module
 
 T, F = "acme", "launch"
 SEED = {

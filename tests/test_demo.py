@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from app import demo
 from app.cli import main
-from app.client import StateMemoryClient
+from state_memory_client import StateMemoryClient
 
 AGENTS = ["DesignBot", "MetricsCollector", "InventoryManager", "TaskScheduler", "BudgetMonitor"]
 

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from helpers import FSA, PROBLEM_JSON, TENANT, assert_problem, document
 
-from app.client import ServiceUnavailableError, StateMemoryClient
+from state_memory_client import ServiceUnavailableError, StateMemoryClient
 
 STATE_URL = f"/state/{TENANT}/{FSA}"
 DELTA_URL = f"{STATE_URL}/delta"

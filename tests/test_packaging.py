@@ -57,27 +57,37 @@ def pip(what: str, *args: str) -> None:
     assert done.returncode == 0, output
 
 
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The wheel of this checkout's working tree. Built from a copy: setuptools writes build/ into
-    the tree it builds, and stale files left there would end up in later wheels."""
-    source = tmp_path_factory.mktemp("source") / "state-memory-service"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__"))
-    out = tmp_path_factory.mktemp("wheel")
-    pip("build the wheel", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(source))
-    (built,) = out.glob("state_memory_service-*.whl")
+def build_wheel(what: str, project: Path, out: Path) -> Path:
+    """The wheel of a project of this checkout's working tree. Built from a copy: setuptools
+    writes build/ into the tree it builds, and stale files left there would end up in later wheels."""
+    source = out / "source" / project.name
+    shutil.copytree(project, source, ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__"))
+    pip(f"build the {what} wheel", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(out), str(source))
+    (built,) = out.glob(f"{what.replace('-', '_')}-*.whl")
     return built
 
 
 @pytest.fixture(scope="module")
-def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A fresh venv with the wheel and its dependencies from the index (pip's cache makes a rerun
-    quick); its bin/ directory. The venv gets no pip of its own: this pip installs into it. Removed
-    afterwards: it weighs some 190 MB."""
+def wheel(client_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The service's wheel (which needs the client's: the service depends on it)."""
+    return build_wheel("state-memory-service", ROOT, tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="module")
+def client_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel("state-memory-client", ROOT / "client", tmp_path_factory.mktemp("client-wheel"))
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, client_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh venv with both wheels and their dependencies from the index (pip's cache makes a
+    rerun quick); its bin/ directory. The venv gets no pip of its own: this pip installs into it.
+    Removed afterwards: it weighs some 190 MB."""
     venv = tmp_path_factory.mktemp("venv")
     try:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
-        pip("install the wheel", "--python", str(venv / "bin" / "python"), "install", "--quiet", str(wheel))
+        python = str(venv / "bin" / "python")
+        pip("install the wheels", "--python", python, "install", "--quiet", str(client_wheel), str(wheel))
         yield venv / "bin"
     finally:
         shutil.rmtree(venv, ignore_errors=True)

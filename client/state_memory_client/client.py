@@ -27,8 +27,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
-from app import __version__
-from app.domain import jsontext
+from state_memory_client import __version__, jsontext
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
