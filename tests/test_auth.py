@@ -141,6 +141,7 @@ ROUTE_EXAMPLES: dict[Route, Example] = {
     ),
     ("GET", "/schema/oauth2-redirect.html"): Example("/schema/oauth2-redirect.html", public=True),
     ("GET", "/schema/{path:str}"): Example("/schema/nothing-here", public=True, status=404),
+    ("GET", "/state/{tenant_id:str}"): Example("/state/{t}"),
     ("GET", STATE): Example("/state/{t}/f"),
     ("POST", STATE): Example("/state/{t}/f", body={"tasks": {TASK: {"status": "DONE"}}, "counter": 3}),
     ("GET", STATE + "/slice"): Example("/state/{t}/f/slice?slice=tasks"),

@@ -93,6 +93,25 @@ async def health(db: Db) -> dict[str, Any]:
 
 
 @get(
+    "/state/{tenant_id:str}",
+    opt=READ,
+    operation_class=documented(Answer("StateList", "A page of the tenant's states"), problems=(*COMMON, 422)),
+)
+async def list_states(
+    db: Db,
+    state: State,
+    tenant_id: TenantId,
+    prefix: Annotated[str, QueryParameter(max_length=256, description="Only states whose id starts with this")] = "",
+    after: Annotated[str, QueryParameter(max_length=256, description="The `next` of the previous page")] = "",
+    limit: Annotated[int, QueryParameter(ge=1, le=1000, description="At most this many states")] = 100,
+) -> Response:
+    """The tenant's states in id order, each with its version, entry count, size in bytes and
+    when it was created and last changed; page on with `after` = the answer's `next`."""
+    check_ids(state.settings, tenant_id=tenant_id)
+    return json_response(await db.list_states(tenant_id, prefix, after, limit))
+
+
+@get(
     "/state/{tenant_id:str}/{fsa_id:str}",
     opt=READ,
     operation_class=documented(
@@ -441,6 +460,7 @@ def write_response(result: str) -> Response:
 
 ROUTES = [
     health,
+    list_states,
     read_state,
     read_slice,
     read_aliases,

@@ -176,6 +176,25 @@ class LoggedDelta(msgspec.Struct):
     created_at: datetime
 
 
+class StateInfo(msgspec.Struct):
+    """A state of a tenant: its version, entry count, size of its values in bytes, and times."""
+
+    fsa_id: str
+    version: Version
+    entries: int
+    size_bytes: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class StateList(msgspec.Struct):
+    """A page of a tenant's states in id order; `next` is the `after` of the next page (null on the last)."""
+
+    tenant_id: str
+    states: list[StateInfo]
+    next: str | None
+
+
 class DeltaLog(msgspec.Struct):
     """A page of a state's log after `since`, oldest first; `more` when another page follows."""
 
@@ -497,6 +516,7 @@ STRUCTS = (
     WriteResult,
     DeltaCheck,
     DryRun,
+    StateList,
     DeltaLog,
     Lineage,
     PathHistory,

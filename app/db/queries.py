@@ -487,6 +487,12 @@ class Database:
     async def comments(self, tenant_id: str, fsa_id: str, task_id: str, limit: int) -> str:
         return await self._value(_READ_COMMENTS, tenant_id, fsa_id, task_id, limit)
 
+    async def list_states(self, tenant_id: str, prefix: str, after: str, limit: int) -> str:
+        """A page of the tenant's states in id order (sms.list_states), as JSON text."""
+        return await self._value(
+            "SELECT sms.list_states($1, $2, $3, $4)::text FROM sms.act_for($5)", tenant_id, prefix, after, limit
+        )
+
     async def read_deltas(self, tenant_id: str, fsa_id: str, since: int, limit: int) -> str:
         """The log after version `since`, oldest first, at most `limit` entries, as JSON text."""
         return await self._value(_READ_DELTAS, tenant_id, fsa_id, since, limit)
