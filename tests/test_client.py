@@ -1,5 +1,6 @@
-"""The Python client against the real service on a socket (`live_url`): every method, typed
-errors from problem+json, odd ids, exact decimals, and retries that apply a write exactly once.
+"""The Python client against the real service on a socket (`live_url`): every method (and its
+blocking form), typed errors from problem+json, odd ids, exact decimals or JSON-safe floats, and
+retries that apply a write exactly once.
 
 Failures are injected by a transport that wraps the real one and fails before (or, for a lost
 answer, after) forwarding to the live server; the service and database are never mocked.
@@ -8,24 +9,41 @@ answer, after) forwarding to the live server; the service and database are never
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
+import json
+import threading
 import uuid
+from dataclasses import replace
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from helpers import serving
+from test_auth import auth_on, make_key
 
 from state_memory_client import (
+    AuthenticationError,
     ConflictError,
     DeltaResult,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
+    PolicyViolationError,
+    RateLimitedError,
     ServiceUnavailableError,
     State,
+    StateInfo,
     StateMemoryClient,
+    StateMemoryError,
+    StatePage,
     StateSlice,
     SyncStateMemoryClient,
     ValidationError,
+    jsontext,
 )
 from state_memory_client import client as client_module
 
@@ -368,3 +386,475 @@ async def test_subscribe_replays_then_follows_live_and_resumes(sms):
     change = await asyncio.wait_for(anext(tenant_wide), 30)
     await tenant_wide.aclose()
     assert (change["fsa_id"], change["version"]) == (F, 4)
+
+
+# ---------------------------------------------------------------- reading and time travel
+
+
+async def test_get_state_at_a_version(sms):
+    await sms.apply_delta(T, F, {"n": 1, "tasks.T1.status": "OPEN"})
+    await sms.apply_delta(T, F, {"n": 2, "tasks.T1.status": {"$unset": True}})
+    assert await sms.get_state(T, F, at_version=1) == State(T, F, 1, {"n": 1, "tasks": {"T1": {"status": "OPEN"}}})
+    assert await sms.get_state(T, F, at_version=0) == State(T, F, 0, {})
+    assert await sms.get_state(T, F) == State(T, F, 2, {"n": 2, "tasks": {"T1": {}}})
+    with pytest.raises(NotFoundError) as caught:
+        await sms.get_state(T, F, at_version=3)
+    assert caught.value.body["current_version"] == 2
+
+
+async def test_health(sms):
+    health = await sms.health()
+    assert (health["status"], health["database"]) == ("ok", "ok")
+    assert health["postgres"].split(".")[0].isdigit()
+
+
+async def test_list_and_iterate_states(sms, monkeypatch):
+    ids = ["run-1", "run-2", "run-3", "scratch", "team x"]
+    for fsa in ids:
+        await sms.apply_delta(T, fsa, {"tasks.T1.status": "OPEN", "note": fsa})
+    await sms.apply_delta(T, "run-2", {"note": "again"})
+    await sms.apply_delta("globex", "run-9", {"secret": 1})
+
+    whole = await sms.list_states(T)
+    assert isinstance(whole, StatePage) and whole.next is None
+    assert [state.fsa_id for state in whole.states] == ids
+    run_2 = whole.states[1]
+    assert isinstance(run_2, StateInfo)
+    assert (run_2.version, run_2.entries) == (2, 3) and run_2.size_bytes > 0  # tasks/T1, tasks, note
+    assert run_2.updated_at >= run_2.created_at
+
+    first = await sms.list_states(T, prefix="run-", limit=2)
+    assert ([s.fsa_id for s in first.states], first.next) == (["run-1", "run-2"], "run-2")
+    last = await sms.list_states(T, prefix="run-", after=first.next, limit=2)
+    assert ([s.fsa_id for s in last.states], last.next) == (["run-3"], None)
+    assert (await sms.list_states("nobody")).states == []
+
+    monkeypatch.setattr(client_module, "STATE_PAGE", 2)  # three pages
+    assert [state.fsa_id async for state in sms.iter_states(T)] == ids
+    assert [state.fsa_id async for state in sms.iter_states(T, prefix="run-")] == ids[:3]
+    with pytest.raises(ValidationError):
+        await sms.list_states(T, limit=1001)
+
+
+# ---------------------------------------------------------------- writing
+
+
+async def test_apply_deltas_refuses_a_write_alone(sms, database_url):
+    await sms.apply_delta(T, F, {"name": "text"})
+    results = await sms.apply_deltas(
+        T,
+        F,
+        [
+            {"delta": {"n": {"$inc": 1}}, "actor": "ImplBot", "meta": {"pillar": "delivery"}},
+            {"delta": {"name": {"$inc": 1}}},
+            {"delta": {"tasks.T1.status": "DONE"}, "expected_version": 2, "delta_id": "t1-done"},
+        ],
+    )
+    applied, refused, done = results
+    assert isinstance(applied, DeltaResult) and isinstance(done, DeltaResult)
+    assert (applied.version, done.version, done.duplicate) == (2, 3, False)
+    assert isinstance(refused, ValidationError) and not isinstance(refused, PolicyViolationError)
+    assert (refused.status, refused.type) == (422, "urn:sms:problem:type-mismatch")
+    assert "name" in refused.detail
+    logged = await sms.deltas(T, F, since=1)
+    assert [(d["actor"], d["meta"]) for d in logged] == [("ImplBot", {"pillar": "delivery"}), (None, {})]
+    assert (await sms.get_state(T, F)).state == {"name": "text", "n": 1, "tasks": {"T1": {"status": "DONE"}}}
+
+    # the same writes again: the keys named, and those the client made, make them no-ops
+    again = await sms.apply_deltas(T, F, [{"delta": {"tasks.T1.status": "DONE"}, "delta_id": "t1-done"}])
+    assert [(r.version, r.duplicate) for r in again] == [(3, True)]
+    assert await log_count(database_url) == 3
+
+
+async def test_apply_deltas_atomic_is_all_or_nothing(sms, database_url):
+    await sms.apply_delta(T, F, {"name": "text"})
+    writes = [{"delta": {"n": {"$inc": 1}}}, {"delta": {"name": {"$inc": 1}}}]
+    with pytest.raises(ValidationError) as caught:
+        await sms.apply_deltas(T, F, writes, atomic=True)
+    assert (caught.value.status, caught.value.type, caught.value.body["index"]) == (
+        422,
+        "urn:sms:problem:type-mismatch",
+        1,
+    )
+    assert await sms.get_state(T, F) == State(T, F, 1, {"name": "text"})
+    results = await sms.apply_deltas(T, F, writes[:1], atomic=True)
+    assert [r.version for r in results] == [2]
+    assert await log_count(database_url) == 2
+
+
+async def test_a_retried_batch_applies_once(live_url, database_url):
+    transport = FlakyTransport("lost")
+    async with StateMemoryClient(live_url, transport=transport) as sms:
+        results = await sms.apply_deltas(T, F, [{"delta": {"c": {"$inc": 1}}}, {"delta": {"d": {"$inc": 1}}}])
+        state = await sms.get_state(T, F)
+    assert [(r.version, r.duplicate) for r in results] == [(1, True), (2, True)]  # the answers of the first try
+    assert transport.requests[0].content == transport.requests[1].content  # the same keys, sent again
+    assert (state.state, await log_count(database_url)) == ({"c": 1, "d": 1}, 2)
+
+
+async def test_rollback(sms, database_url):
+    await sms.apply_delta(T, F, {"tasks.T1.status": "OPEN", "n": 1})
+    await sms.apply_delta(T, F, {"tasks.T1.status": "DONE", "n": 2, "extra": True})
+    result = await sms.rollback(T, F, 1, actor="ops", lineage_id="undo-1", meta={"ticket": "42"})
+    assert isinstance(result, DeltaResult) and result.version == 3
+    assert (await sms.get_state(T, F)).state == {"tasks": {"T1": {"status": "OPEN"}}, "n": 1}
+    last = (await sms.deltas(T, F, since=2))[0]
+    assert (last["actor"], last["lineage_id"], last["meta"]["ticket"]) == ("ops", "undo-1", "42")
+
+    with pytest.raises(NotFoundError):
+        await sms.rollback(T, F, 9)
+    with pytest.raises(ConflictError) as caught:
+        await sms.rollback(T, F, 0, expected_version=1)
+    assert caught.value.current_version == 3
+    assert await log_count(database_url) == 3
+
+
+async def test_heartbeat(sms):
+    beat = await sms.heartbeat(T, F, "team/DesignBot", lineage_id="sprint-7")
+    assert (beat["success"], beat["agent"], beat["version"]) == (True, "team/DesignBot", 1)
+    again = await sms.heartbeat(T, F, "Scheduler")
+    state = (await sms.get_state(T, F)).state
+    assert state["agents_online"] == {"team/DesignBot": beat["timestamp"], "Scheduler": again["timestamp"]}
+    [first, _] = await sms.deltas(T, F)
+    assert (first["actor"], first["lineage_id"]) == ("team/DesignBot", "sprint-7")
+    for unaddressable in ("", "team//bot", "team/.."):
+        with pytest.raises(ValueError):
+            await sms.heartbeat(T, F, unaddressable)
+    assert (await sms.get_state(T, F)).version == 2
+
+
+async def test_task_comments(sms):
+    await sms.apply_delta(T, F, {"tasks.T1.status": "BLOCKED"})
+    comment = await sms.comment_on_task(T, F, "T1", "Waiting on **legal**", actor="DesignBot", is_blocker=True)
+    assert (comment["success"], comment["author"], comment["body_md"], comment["is_blocker"]) == (
+        True,
+        "DesignBot",
+        "Waiting on **legal**",
+        True,
+    )
+    await sms.comment_on_task(T, F, "T1", "Unblocked", actor="Scheduler", lineage_id="sprint-7")
+    comments = await sms.get_comments(T, F, "T1")
+    assert [(c["author"], c["body_md"], c["is_blocker"]) for c in comments] == [
+        ("Scheduler", "Unblocked", False),
+        ("DesignBot", "Waiting on **legal**", True),
+    ]
+    assert [c["body_md"] for c in await sms.get_comments(T, F, "T1", limit=1)] == ["Unblocked"]
+
+    with pytest.raises(NotFoundError):
+        await sms.comment_on_task(T, F, "T9", "no such task", actor="DesignBot")
+    with pytest.raises(ValidationError) as caught:
+        await sms.comment_on_task(T, F, "T1", "who wrote this?")
+    assert caught.value.status == 422
+    assert len(await sms.get_comments(T, F, "T1")) == 2
+
+
+async def comment_count(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM sms.task_comments")
+    finally:
+        await conn.close()
+
+
+async def test_a_comment_is_retried_only_when_it_never_reached_the_service(live_url, database_url):
+    async with StateMemoryClient(live_url) as sms:
+        await sms.apply_delta(T, F, {"tasks.T1.status": "OPEN"})
+    unreached = FlakyTransport("connect", "connect")
+    async with StateMemoryClient(live_url, transport=unreached) as sms:
+        await sms.comment_on_task(T, F, "T1", "once", actor="a")
+    assert len(unreached.requests) == 3
+    for failure in (503, "lost"):  # it may have been stored: a retry could store it twice
+        transport = FlakyTransport(failure)
+        async with StateMemoryClient(live_url, transport=transport) as sms:
+            with pytest.raises(ServiceUnavailableError):
+                await sms.comment_on_task(T, F, "T1", f"after {failure}", actor="a")
+        assert len(transport.requests) == 1
+    assert await comment_count(database_url) == 2  # "once", and the one whose answer was lost
+
+
+# ---------------------------------------------------------------- history and lineage
+
+
+async def test_changes_history_diff_and_lineage(sms):
+    await sms.apply_delta(T, F, {"tasks.T1.status": "OPEN", "x": 1}, actor="a", lineage_id="L1")
+    await sms.apply_delta(T, F, {"tasks.T1.status": "DONE", "x": {"$inc": Decimal("0.5")}}, actor="b")
+    await sms.apply_delta(T, "other", {"y": 1}, lineage_id="L1")
+
+    changes = await sms.changes_since(T, F, 1)
+    assert (changes["since"], changes["version"], changes["deltas"]) == (1, 2, 1)
+    assert {c["path"]: c["new"] for c in changes["changes"]} == {"tasks.T1.status": "DONE", "x": Decimal("1.5")}
+    assert changes["digest"].startswith(f"Changes to {T}/{F} v1 -> v2")
+    only_tasks = await sms.changes_since(T, F, 0, slice="task:*", max_tokens=8000)
+    assert [c["path"] for c in only_tasks["changes"]] == ["tasks.T1.status"]
+    with pytest.raises(NotFoundError):
+        await sms.changes_since(T, F, 3)
+
+    history = await sms.history(T, F, "tasks.T1.status")
+    assert [(h["version"], h["actor"], h.get("old"), h["new"]) for h in history] == [
+        (2, "b", "OPEN", "DONE"),
+        (1, "a", None, "OPEN"),
+    ]
+    assert "old" not in history[1]
+    assert [h["version"] for h in await sms.history(T, F, "tasks.T1.status", limit=1)] == [2]
+    with pytest.raises(ValidationError):
+        await sms.history(T, F, "")
+
+    diff = await sms.diff(T, F, 1)
+    assert (diff["from"], diff["to"]) == (1, 2)
+    assert sorted(diff["patch"], key=lambda op: op["path"]) == [
+        {"op": "replace", "path": "/tasks/T1/status", "value": "DONE"},
+        {"op": "replace", "path": "/x", "value": Decimal("1.5")},
+    ]
+    assert (await sms.diff(T, F, 0, 1))["to"] == 1
+
+    lineage = await sms.lineage("L1", tenant=T)
+    assert [(d["fsa_id"], d["version"]) for d in lineage] == [(F, 1), ("other", 1)]
+    assert len(await sms.lineage("L1", tenant=T, limit=1)) == 1
+    assert await sms.lineage("L1", tenant="globex") == []
+
+
+# ---------------------------------------------------------------- configuration, keys and auth
+
+
+async def test_aliases(sms):
+    defaults = await sms.get_aliases(T, F)
+    assert defaults["task"] == "tasks"
+    assert await sms.set_alias(T, F, "todo", "tasks") == {**defaults, "todo": "tasks"}
+    await sms.apply_delta(T, F, {"tasks.T1.status": "OPEN"})
+    assert (await sms.get_slice(T, F, "todo:*")).tasks == {"T1": {"status": "OPEN"}}
+    assert await sms.remove_alias(T, F, "todo") == defaults
+    with pytest.raises(ValidationError):
+        await sms.set_alias(T, F, "not an alias", "tasks")
+
+
+async def test_policies_and_policy_violations(sms):
+    rules = [{"path": "resources.inventory", "min": 0}]
+    state_rules = await sms.set_policies(T, F, rules)
+    assert state_rules["rules"][0]["path"] == "resources.inventory"
+    assert (await sms.get_policies(T, F))["rules"] == state_rules["rules"]
+    await sms.apply_delta(T, F, {"resources.inventory": 1})
+    with pytest.raises(PolicyViolationError) as caught:
+        await sms.apply_delta(T, F, {"resources.inventory": {"$inc": -2}})
+    assert caught.value.status == 422 and caught.value.violations[0]["path"] == "resources.inventory"
+    assert (await sms.get_state(T, F)).state == {"resources": {"inventory": 1}}
+
+    defaults = await sms.set_policies(T, None, [{"path": "tasks.*.status", "enum": ["OPEN", "DONE"]}])
+    assert [rule["path"] for rule in defaults["rules"]] == ["tasks.*.status"]
+    assert (await sms.get_policies(T))["rules"] == defaults["rules"]
+    assert (await sms.get_policies(T, F))["defaults"] == defaults["rules"]
+    with pytest.raises(ValidationError):
+        await sms.set_policies(T, F, [{"path": "x", "min": "not a number"}])
+
+
+async def test_keys_and_the_errors_of_auth(db, settings):
+    admin = await make_key(db, [T], "admin")
+    slow = await make_key(db, [T], "read", rate_limit=0.01)  # its first request, then none for 100 s
+    async with serving(replace(settings, **auth_on())) as url:
+        async with StateMemoryClient(url, api_key=admin.key) as ops:
+            made = await ops.create_key([T], ["read"], label="reader")
+            assert made["key"].startswith("sms_") and made["scopes"] == ["read"]
+            assert made["key_id"] in [key["key_id"] for key in await ops.list_keys()]
+            async with StateMemoryClient(url, api_key=made["key"]) as reader:
+                assert (await reader.get_state(T, F)).version == 0
+                with pytest.raises(PermissionDeniedError):
+                    await reader.apply_delta(T, F, {"x": 1})
+                with pytest.raises(NotFoundError):  # a tenant the key does not name is not there
+                    await reader.get_state("globex", F)
+                assert (await ops.revoke_key(made["key_id"]))["revoked_at"] is not None
+                with pytest.raises(AuthenticationError) as caught:
+                    await reader.get_state(T, F)
+                assert caught.value.status == 401
+            with pytest.raises(PermissionDeniedError):
+                await ops.create_key(["globex"], ["read"])
+        async with StateMemoryClient(url) as anonymous:
+            with pytest.raises(AuthenticationError):
+                await anonymous.get_state(T, F)
+        async with StateMemoryClient(url, api_key=slow.key, retries=0) as limited:
+            await limited.get_state(T, F)
+            with pytest.raises(RateLimitedError) as caught:
+                await limited.get_state(T, F)
+            assert caught.value.status == 429
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def json_safe(value: Any) -> Any:
+    """`value` through json.dumps and back, as an LLM SDK sends it (dataclasses as dicts)."""
+
+    def as_dict(unknown: Any) -> Any:
+        if dataclasses.is_dataclass(unknown) and not isinstance(unknown, type):
+            return dataclasses.asdict(unknown)
+        raise TypeError(f"{type(unknown).__name__} is not JSON")
+
+    return json.loads(json.dumps(value, default=as_dict))
+
+
+async def test_float_numbers_pass_json_dumps(live_url):
+    async with StateMemoryClient(live_url, numbers="float") as sms:
+        await sms.apply_delta(T, F, {"price": Decimal("1.10"), "count": 3, "sum": {"$inc": 0.1}}, lineage_id="L")
+        await sms.apply_delta(T, F, {"sum": {"$inc": 0.2}, "big": 999_999_999_999_999_999})
+        state = await sms.get_state(T, F)
+        assert state.state == {"price": 1.1, "count": 3, "sum": 0.3, "big": 999_999_999_999_999_999}
+        assert [type(state.state[k]) for k in ("price", "count", "sum", "big")] == [float, int, float, int]
+        answers = [
+            state,
+            await sms.get_slice(T, F, "sum"),
+            await sms.deltas(T, F),
+            await sms.changes_since(T, F, 0),
+            await sms.history(T, F, "sum"),
+            await sms.diff(T, F, 0),
+            await sms.lineage("L", tenant=T),
+            await sms.apply_deltas(T, F, [{"delta": {"sum": {"$inc": 0.5}}}]),
+        ]
+        for answer in answers:
+            assert json_safe(answer) is not None
+        assert json_safe(state)["state"]["sum"] == 0.3
+        changes = sms.subscribe(T, F, since=0)
+        change = await asyncio.wait_for(anext(changes), 30)
+        await changes.aclose()
+        assert json.loads(json.dumps(change))["ops"][0]["value"] in (1.1, 3, 0.1)
+        with pytest.raises(ConflictError) as caught:
+            await sms.apply_delta(T, F, {"price": 2}, expected_version=0)
+        assert caught.value.current == {"price": 1.1}
+
+    async with StateMemoryClient(live_url) as exact:  # the default: exact, and not what json.dumps takes
+        with pytest.raises(TypeError):
+            json.dumps((await exact.get_state(T, F)).state)
+    with pytest.raises(ValueError):
+        StateMemoryClient(live_url, numbers="double")
+
+
+def test_decode_float_reads_every_number_json_dumps_takes():
+    assert jsontext.decode_float(b"[1, -0.5, 1.10, 1E-18, 123456789012345678901234567890]") == [
+        1,
+        -0.5,
+        1.1,
+        1e-18,
+        123456789012345678901234567890,
+    ]
+    assert jsontext.decode(b"[1.10]") == [Decimal("1.10")]  # the exact codec is unchanged
+
+
+# ---------------------------------------------------------------- the blocking client
+
+
+class WatchedTransport(httpx.AsyncBaseTransport):
+    """The real transport; says (to any thread) when an SSE response opens and when it is closed."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.opened = threading.Event()
+        self.closed = threading.Event()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if not request.url.path.endswith("/events"):
+            return response
+        self.opened.set()
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=WatchedStream(response.stream, self.closed),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class WatchedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: Any, closed: threading.Event) -> None:
+        self.inner = inner
+        self.closed = closed
+
+    async def __aiter__(self):
+        async for chunk in self.inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+        self.closed.set()
+
+
+def test_every_async_method_has_its_blocking_form_and_a_test():
+    source = Path(__file__).read_text()
+    sync = SyncStateMemoryClient("http://127.0.0.1:9")
+    try:
+        for name, method in inspect.getmembers(StateMemoryClient, inspect.isfunction):
+            if name.startswith("_") or name == "aclose":
+                continue
+            assert f".{name}(" in source, f"StateMemoryClient.{name} has no test"
+            blocking = getattr(sync, name)
+            assert blocking.__doc__ == method.__doc__ and callable(blocking)
+    finally:
+        sync.close()
+
+
+def follow_in_a_thread(url: str, transport: WatchedTransport) -> tuple[dict[str, Any], bool, list[str]]:
+    """The first change of F from a blocking subscribe (leaving its loop then), whether the stream
+    was closed before the client was, and the states listed page by page."""
+    with SyncStateMemoryClient(url, transport=transport, numbers="float") as sms:
+        for change in sms.subscribe(T, F, since=0):
+            first = change
+            break
+        closed_on_break = transport.closed.wait(30)
+        listed = [state.fsa_id for state in sms.iter_states(T)]
+    return first, closed_on_break, listed
+
+
+async def test_sync_subscribe_receives_a_change_made_by_another_client(sms, live_url):
+    transport = WatchedTransport()
+    following = asyncio.create_task(asyncio.to_thread(follow_in_a_thread, live_url, transport))
+    assert await asyncio.to_thread(transport.opened.wait, 30), "the subscription never connected"
+    await sms.apply_delta(T, F, {"metrics.ctr": {"$inc": Decimal("0.25")}}, actor="writer")
+    change, closed_on_break, listed = await asyncio.wait_for(following, 60)
+    assert (change["fsa_id"], change["version"], change["actor"]) == (F, 1, "writer")
+    assert change["ops"] == [{"op": "inc", "path": ["metrics", "ctr"], "value": 0.25}]  # float mode
+    assert closed_on_break
+    assert listed == [F]
+
+
+def close_while_another_thread_waits(url: str, transport: WatchedTransport) -> tuple[bool, bool]:
+    """A thread waits on a blocking subscribe where nothing happens; the client is closed from this
+    one. Whether that thread's loop ended (without an error), and whether the stream was closed."""
+    sms = SyncStateMemoryClient(url, transport=transport)
+    outcome: list[str] = []
+
+    def wait_for_changes() -> None:
+        try:
+            for _ in sms.subscribe(T, F):
+                outcome.append("a change")
+            outcome.append("ended")
+        except BaseException as exc:
+            outcome.append(repr(exc))
+
+    waiter = threading.Thread(target=wait_for_changes)
+    waiter.start()
+    assert transport.opened.wait(30), "the subscription never connected"
+    sms.close()
+    waiter.join(30)
+    with pytest.raises(StateMemoryError):
+        sms.get_state(T, F)
+    return outcome == ["ended"] and not waiter.is_alive(), transport.closed.is_set()
+
+
+async def test_closing_the_sync_client_ends_its_subscriptions(live_url):
+    ended, closed = await asyncio.to_thread(close_while_another_thread_waits, live_url, WatchedTransport())
+    assert ended and closed
+
+
+async def test_subscribe_does_not_take_the_shutdown_event_for_a_change(settings):
+    async with serving(settings) as url:
+        sms = StateMemoryClient(url, retries=0)
+        await sms.apply_delta(T, F, {"n": 1})
+        changes = sms.subscribe(T, F, since=0)
+        assert (await asyncio.wait_for(anext(changes), 30))["version"] == 1
+        following = asyncio.create_task(anext(changes))
+        await asyncio.sleep(0)
+    # the service stopped: its streams ended with a `shutdown` event, and nothing answers any more
+    try:
+        with pytest.raises(ServiceUnavailableError):
+            await asyncio.wait_for(following, 60)
+    finally:
+        await sms.aclose()

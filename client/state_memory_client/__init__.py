@@ -1,6 +1,6 @@
 """The State Memory Service's Python client: shared, versioned JSON state for many LLM agents.
 
-from state_memory_client import StateMemoryClient
+from state_memory_client import StateMemoryClient, SyncStateMemoryClient
 """
 
 __version__ = "0.1.0"
@@ -16,8 +16,10 @@ from state_memory_client.client import (
     RateLimitedError,
     ServiceUnavailableError,
     State,
+    StateInfo,
     StateMemoryClient,
     StateMemoryError,
+    StatePage,
     StateSlice,
     Summary,
     SyncStateMemoryClient,
@@ -35,8 +37,10 @@ __all__ = [
     "RateLimitedError",
     "ServiceUnavailableError",
     "State",
+    "StateInfo",
     "StateMemoryClient",
     "StateMemoryError",
+    "StatePage",
     "StateSlice",
     "Summary",
     "SyncStateMemoryClient",
