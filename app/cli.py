@@ -183,6 +183,15 @@ def run_bench(argv: list[str]) -> None:
     raise SystemExit(bench.main(argv))
 
 
+def run_mcp(argv: list[str]) -> None:
+    """`sms-mcp ARGV`: the client package's MCP server, which uses a running service over HTTP."""
+    try:
+        from state_memory_client.mcp import main as mcp_main
+    except ImportError as missing:  # the SDK is an extra
+        raise SystemExit(f"sms: {missing}") from None
+    raise SystemExit(mcp_main(argv))
+
+
 def run_keys(args: argparse.Namespace, settings: Settings) -> None:
     from app.domain.keys import NewKey, highest_scope, parse_duration
 
@@ -376,8 +385,13 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser(
         "loadtest", help="simulated agents against one service, then check nothing was lost (python -m bench load)"
     )
+    commands.add_parser(
+        "mcp", help="an MCP server for LLM hosts on a running service: sms mcp [--http] [options] (sms-mcp --help)"
+    )
     if argv and argv[0] in ("bench", "loadtest"):
         run_bench(["load", *argv[1:]] if argv[0] == "loadtest" else argv[1:] or ["all"])
+    if argv and argv[0] == "mcp":
+        run_mcp(argv[1:])
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
