@@ -141,6 +141,9 @@ ROUTE_EXAMPLES: dict[Route, Example] = {
     ),
     ("GET", "/schema/oauth2-redirect.html"): Example("/schema/oauth2-redirect.html", public=True),
     ("GET", "/schema/{path:str}"): Example("/schema/nothing-here", public=True, status=404),
+    # the state page holds no data (its script reads the API with the user's key): open to anyone
+    ("GET", "/ui/{tenant_id:str}/{fsa_id:str}"): Example("/ui/{t}/f", public=True),
+    ("GET", "/ui/{name:str}"): Example("/ui/ui.js", public=True),
     ("GET", "/state/{tenant_id:str}"): Example("/state/{t}"),
     ("GET", STATE): Example("/state/{t}/f"),
     ("POST", STATE): Example("/state/{t}/f", body={"tasks": {TASK: {"status": "DONE"}}, "counter": 3}),
@@ -269,10 +272,11 @@ def test_the_table_names_only_routes_the_app_has():
     assert not stale, f"no such route in the app: {stale}"
 
 
-def test_public_routes_are_exactly_health_and_the_openapi_document():
-    """Only /health and /schema/* are open to anyone; every other route needs a key."""
+def test_public_routes_are_exactly_health_the_openapi_document_and_the_state_page():
+    """Only /health, /schema/* and the state page's files (/ui/*, no data) are open to anyone;
+    every other route needs a key."""
     public = {path for (_, path), scope in APP_ROUTES.items() if scope == "public"}
-    assert public == {"/health"} | {path for path in public if path.startswith("/schema")}
+    assert public == {"/health"} | {path for path in public if path.startswith(("/schema", "/ui/"))}
     assert "/health" in public
     examples_public = {route for route, example in ROUTE_EXAMPLES.items() if example.public}
     assert examples_public == {route for route, scope in APP_ROUTES.items() if scope == "public"}

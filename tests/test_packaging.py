@@ -133,6 +133,7 @@ def test_the_wheel_carries_every_module_the_migrations_and_the_sql(wheel: Path):
         shipped("migrations/versions", "*.sql", "app/_migrations/versions"),
         shipped("sql", "*.sql", "app/_sql"),
         {"app/_migrations/script.py.mako"},
+        *(shipped("app/ui", pattern, "app/ui") for pattern in ("*.html", "*.css", "*.js")),
     ]
     assert all(parts), parts
     missing = sorted(set().union(*parts) - set(zipfile.ZipFile(wheel).namelist()))

@@ -28,6 +28,7 @@ from app.api.keys import KEY_ROUTES
 from app.api.policies import POLICY_ROUTES
 from app.api.routes import ROUTES
 from app.api.schemas import add_components
+from app.api.ui import UI_ROUTES
 from app.db.group_commit import GroupCommit
 from app.db.listener import Listener
 from app.db.queries import Database
@@ -237,6 +238,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             *allow_routes(handlers),
             *handlers,
             create_static_files_router(SWAGGER_UI, [swagger_ui_files()], include_in_schema=False, opt=OPEN),
+            *UI_ROUTES,
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),
