@@ -8,6 +8,8 @@ from pathlib import Path
 
 import platformdirs
 
+from app.domain.tokens import tokenizer
+
 
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -49,6 +51,16 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = os.environ.get(name, "").strip().lower() or default
     if raw not in choices:
         raise SystemExit(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return raw
+
+
+def _tokenizer(name: str) -> str | None:
+    """A tokenizer's name (app.domain.tokens), loaded now: a wrong one stops the start, not a request."""
+    raw = os.environ.get(name, "").strip() or None
+    try:
+        tokenizer(raw)
+    except ValueError as error:
+        raise SystemExit(f"{name}: {error}") from None
     return raw
 
 
@@ -114,6 +126,7 @@ class Settings:
     group_commit_window_ms: float = 2.0  # the most a delta that finds its state busy waits for others to join it
     group_commit_max: int = 32  # deltas per transaction: each is a subtransaction, and past 64 every snapshot slows
     limits: Limits = field(default_factory=Limits)
+    tokenizer: str | None = None  # how summaries count tokens: "tiktoken:cl100k_base"; None: a conservative estimate
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -145,4 +158,5 @@ class Settings:
             group_commit_window_ms=_float("SMS_GROUP_COMMIT_WINDOW_MS", cls.group_commit_window_ms),
             group_commit_max=_int("SMS_GROUP_COMMIT_MAX", cls.group_commit_max),
             limits=Limits.from_env(),
+            tokenizer=_tokenizer("SMS_TOKENIZER"),
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import feed, history, load, merge, security, seed, suite, throughput
+from bench import feed, history, load, merge, security, seed, suite, throughput, tokens
 from bench import slice as slice_
 
 BENCHMARKS = {
@@ -17,6 +17,7 @@ BENCHMARKS = {
     "seed": seed,
     "slice": slice_,
     "throughput": throughput,
+    "tokens": tokens,
     "fanout": throughput.fanout,
     "servers": throughput.servers,
     "all": suite,

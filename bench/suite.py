@@ -28,7 +28,12 @@ from bench.report import Section, format_value, progress, update_readme, write_r
 
 # name → "module" (its `section`) or "module:function"; each is called as
 # `await function(server_url, quick=…, progress=…)` and returns a Section
-SECTIONS = {"seed": "bench.seed", "throughput": "bench.throughput", "fanout": "bench.throughput:fanout_section"}
+SECTIONS = {
+    "seed": "bench.seed",
+    "throughput": "bench.throughput",
+    "fanout": "bench.throughput:fanout_section",
+    "tokens": "bench.tokens",
+}
 DEFAULT_OUT = Path("bench-report")
 
 SectionFunction = Callable[..., Awaitable[Section]]

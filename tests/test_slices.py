@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from helpers import assert_problem, logged_plans, plan_nodes
 
+from app.domain.tokens import estimate
+
 T, F = "acme", "launch"
 URL = f"/state/{T}/{F}"
 SLICE_FIELDS = {"tenant_id", "fsa_id", "version", "slice", "summary", "slice_pattern", "total", "truncated", "cached"}
@@ -153,9 +155,11 @@ async def test_unions_comma_separated_and_repeated_params_give_the_same_slice(se
         "resources": {"cash_balance_usd": Decimal("1000.10")},
         "phase": "build",
     }
-    comma = await get_slice(seeded, "task:DESIGN_*,agent:*bot,resources.cash_balance_usd,phase")
-    repeated = await get_slice(seeded, "task:DESIGN_*", "agent:*bot", "resources.cash_balance_usd", "phase")
-    mixed = await get_slice(seeded, "task:DESIGN_*, agent:*bot", "resources.cash_balance_usd", "phase")
+    comma = await get_slice(seeded, "task:DESIGN_*,agent:*bot,resources.cash_balance_usd,phase", max_tokens=1000)
+    repeated = await get_slice(
+        seeded, "task:DESIGN_*", "agent:*bot", "resources.cash_balance_usd", "phase", max_tokens=1000
+    )
+    mixed = await get_slice(seeded, "task:DESIGN_*, agent:*bot", "resources.cash_balance_usd", "phase", max_tokens=1000)
     for body in (comma, repeated, mixed):
         assert body["slice"] == expected
         assert body["total"] == 3 + 2 + 1 + 1
@@ -167,7 +171,9 @@ async def test_unions_comma_separated_and_repeated_params_give_the_same_slice(se
 
 
 async def test_overlapping_specs_do_not_duplicate(seeded):
-    body = await get_slice(seeded, "task:DESIGN_*", "tasks.DESIGN_001", "task:design_00?", "tasks.*.status")
+    body = await get_slice(
+        seeded, "task:DESIGN_*", "tasks.DESIGN_001", "task:design_00?", "tasks.*.status", max_tokens=1000
+    )
     assert body["slice"] == {
         "tasks": {
             **{k: {"status": v["status"]} for k, v in TASKS.items()},
@@ -386,7 +392,7 @@ async def test_the_summary_counts_by_status_and_has_one_line_per_entry(seeded):
 
 
 async def test_whole_state_summary(seeded):
-    response = await seeded.get(URL, params={"summary": "true"})
+    response = await seeded.get(URL, params={"summary": "true", "max_tokens": 1000})
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"tenant_id", "fsa_id", "version", "summary"}
@@ -398,7 +404,7 @@ async def test_whole_state_summary(seeded):
     assert "- DESIGN_001: status=DONE" in summary
 
     await write(seeded, {"tasks.TEST_001.status": "DONE"})
-    newer = (await seeded.get(URL, params={"summary": "true"})).json()
+    newer = (await seeded.get(URL, params={"summary": "true", "max_tokens": 1000})).json()
     assert newer["version"] == 2 and newer["summary"].startswith(f"State {T}/{F} v2")
     assert "by status: DONE 3, OPEN 2, IN_PROGRESS 1" in newer["summary"]
 
@@ -430,15 +436,15 @@ async def test_whole_state_summary_stays_within_its_budget(seeded):
     ],
 )
 async def test_slice_summary_stays_within_max_tokens(seeded, specs, k):
-    """len(summary) / 4 <= max_tokens for every budget the API accepts, down to its minimum (20)."""
+    """The summary's estimated tokens <= max_tokens for every budget the API accepts, down to its minimum (20)."""
     await write(seeded, {"tasks": {"$merge": BIG_TASKS}})
     over = {}
     for max_tokens in BUDGETS:
         params = {"max_tokens": max_tokens} | ({"k": k} if k else {})
         body = await get_slice(seeded, *specs, **params)
         summary = body["summary"]
-        assert summary.startswith(f"State {T}/{F} v2 · slice ")
-        if len(summary) / 4 > max_tokens:
+        assert summary.startswith(f"State {T}/{F} v2")
+        if estimate(summary) > max_tokens:
             over[max_tokens] = summary
         again = await get_slice(seeded, *specs, **params)
         assert again["cached"] is True and again["summary"] == summary

@@ -33,6 +33,8 @@ from app.db.queries import write_args
 from app.domain import jsontext
 from app.domain.delta import decode_body, write_meta
 from app.domain.ids import check_id
+from app.domain.summary import changes_digest
+from app.domain.tokens import tokenizer
 from app.errors import Problem, malformed
 
 TaskId = Annotated[str, PathParameter(description="A member of the state's tasks")]
@@ -168,7 +170,8 @@ async def changes(
     """What changed since version `since`: a token-budgeted digest (who, which lineages, each
     changed path once, old -> new) plus the same as data."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
-    data, digest = await db.changes_since(tenant_id, fsa_id, since, slice_spec, max_tokens)
+    data, parts = await db.changes_since(tenant_id, fsa_id, since, slice_spec)
+    digest = changes_digest(parts, max_tokens, tokenizer(state.settings.tokenizer))
     body = {"tenant_id": tenant_id, "fsa_id": fsa_id, **data, "digest": digest}
     return json_response(jsontext.encode(body))
 

@@ -37,6 +37,7 @@ from app.domain.predicate import check_predicate
 from app.domain.summary import slice_body, slice_header, slice_summary, state_summary
 from app.errors import Problem, invalid_slice, malformed, policy_violation
 from app.settings import Settings
+from app.domain.tokens import tokenizer
 
 JSON = "application/json"  # what handlers answer, as text PostgreSQL built
 
@@ -44,7 +45,7 @@ Db = NamedDependency[Database]  # acting for the request's tenants
 Caller = NamedDependency[Principal]  # who the request acts as
 DEFAULT_MAX_TOKENS = 300
 MaxTokens = Annotated[
-    int, QueryParameter(ge=20, le=8000, description="Token budget of the summary (≈ 4 characters each)")
+    int, QueryParameter(ge=20, le=8000, description="Token budget of the summary (as SMS_TOKENIZER counts them)")
 ]
 TenantId = Annotated[str, PathParameter(description="Tenant id")]
 FsaId = Annotated[str, PathParameter(description="State id within the tenant")]
@@ -149,7 +150,7 @@ async def read_state(
         )
     if summary:
         current, document = await db.read_document(tenant_id, fsa_id)
-        text = state_summary(tenant_id, fsa_id, current, document, max_tokens)
+        text = state_summary(tenant_id, fsa_id, current, document, max_tokens, tokenizer(state.settings.tokenizer))
         body = {"tenant_id": tenant_id, "fsa_id": fsa_id, "version": current, "summary": text}
         return json_response(jsontext.encode(body), headers={"ETag": f'"{current}"'})
     known = _etag_version(request.headers.get("if-none-match"))
@@ -204,19 +205,22 @@ async def read_slice(
     if len(spec) > 2000:
         raise invalid_slice("the slice spec is longer than 2000 characters")
     path = f"$ ? ({check_predicate(where)})" if where else None
-    read = await db.read_slice(tenant_id, fsa_id, spec, k, order, path, f"max_tokens={max_tokens}")
+    counter = tokenizer(state.settings.tokenizer)
+    # the tokenizer is part of the cache's key: a body cut by another tokenizer may not fit this one's budget
+    options = f"max_tokens={max_tokens} tokenizer={counter.name}"
+    read = await db.read_slice(tenant_id, fsa_id, spec, k, order, path, options)
     header = slice_header(tenant_id, fsa_id, read["version"], spec, read)
     if read["cached"]:
         body_text = read["summary"]
     else:
-        body_text = slice_body(read, header, max_tokens)
+        body_text = slice_body(read, header, max_tokens, counter)
         await db.store_slice_summary(tenant_id, fsa_id, read, body_text)
     response = {
         "tenant_id": tenant_id,
         "fsa_id": fsa_id,
         "version": read["version"],
         "slice": read["slice"],
-        "summary": slice_summary(header, body_text, max_tokens),
+        "summary": slice_summary(header, body_text, max_tokens, counter),
         "slice_pattern": spec,
         "total": read["total"],
         "truncated": read["truncated"],

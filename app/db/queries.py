@@ -465,15 +465,16 @@ class Database:
         """A lineage's deltas across the tenant's states, in time order, as JSON text."""
         return await self._value(_READ_LINEAGE, tenant_id, lineage_id, limit, heavy=True)
 
-    async def changes_since(self, tenant_id: str, fsa_id: str, since: int, slice_spec: str | None, max_tokens: int):
-        """(sms.changes_since, sms.changes_digest) from one snapshot."""
+    async def changes_since(self, tenant_id: str, fsa_id: str, since: int, slice_spec: str | None):
+        """sms.changes_since and the parts of its digest (sms.digest_parts), for
+        app.domain.summary.changes_digest to fit into a budget."""
         row = await self._row(
-            "SELECT sms.changes_since($1, $2, $3, $4), sms.changes_digest($1, $2, $3, $4, $5) FROM sms.act_for($6)",
+            "SELECT s.changes, sms.digest_parts($1, $2, $4, s.changes) FROM sms.act_for($5) acting,"
+            " LATERAL (SELECT sms.changes_since($1, $2, $3, $4) AS changes WHERE acting OFFSET 0) s",
             tenant_id,
             fsa_id,
             since,
             slice_spec,
-            max_tokens,
             heavy=True,
         )
         return row[0], row[1]

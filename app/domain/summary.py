@@ -1,9 +1,12 @@
-"""Summaries: deterministic, compact, LLM-ready text of a slice or a whole state.
+"""Summaries: deterministic, compact, LLM-ready text of a slice, a whole state or the changes since a
+version, each within a budget of tokens as the configured tokenizer counts them (app.domain.tokens).
 
 A summary is a header (state, version, what matched, what was cut) and a body (counts by status,
 then one line per entry with its salient fields). Bodies are cached with their slice in
 sms.summary_cache; the header is made per response, since a cached slice stays valid across
-versions that did not touch it. Tokens are estimated as characters / 4.
+versions that did not touch it. Lines are fitted by adding up their counts, and the whole text is
+counted once more at the end (a tokenizer may merge across a line break): what would still exceed
+the budget is clipped.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-CHARS_PER_TOKEN = 4
-VERSION_SLACK = 8  # a cached body stays within budget while the version in its header grows this many digits
+from app.domain.tokens import ESTIMATE, Tokenizer
+
+VERSION_SLACK = 8  # tokens: a cached body stays within budget while its header's version grows 8 digits
 SPEC_LIMIT = 80  # characters of the slice spec quoted in a header
 LINE_LIMIT = 160
+CHANGED_PATHS = "changed paths"  # what a digest's last line says were left out
 # Fields that say the most about an entry, first; other short scalars follow.
 SALIENT = (
     "status",
@@ -38,15 +43,12 @@ def slice_header(tenant_id: str, fsa_id: str, version: int, spec: str, read: dic
     return f"State {tenant_id}/{fsa_id} v{version} · slice {quoted}: {read['total']} matched{cut}"
 
 
-def slice_summary(header: str, body: str, max_tokens: int) -> str:
+def slice_summary(header: str, body: str, max_tokens: int, tokenizer: Tokenizer = ESTIMATE) -> str:
     """A header and its (cached) body, within the budget even when the header alone is not."""
-    budget = max_tokens * CHARS_PER_TOKEN
-    if len(header) > budget:
-        return header[: budget - 1] + "…"
-    return header + "\n" + body if body else header
+    return tokenizer.clip(header + "\n" + body if body else header, max_tokens)
 
 
-def slice_body(read: dict[str, Any], header: str, max_tokens: int) -> str:
+def slice_body(read: dict[str, Any], header: str, max_tokens: int, tokenizer: Tokenizer = ESTIMATE) -> str:
     """Counts and entry lines of a slice read (sms.read_slice), within what the token budget
     leaves after the header (and room for its version to grow, as the body is cached)."""
     lines: list[str] = []
@@ -70,15 +72,17 @@ def slice_body(read: dict[str, Any], header: str, max_tokens: int) -> str:
             for key in part["path"]:
                 value = value.get(key) if isinstance(value, dict) else None
             lines.append(f"- {member}: {_brief(value)}")
-    return fit(lines, max_tokens * CHARS_PER_TOKEN - len(header) - 1 - VERSION_SLACK)
+    return fit(lines, max_tokens - tokenizer.count(header) - 1 - VERSION_SLACK, tokenizer)
 
 
-def state_summary(tenant_id: str, fsa_id: str, version: int, state: dict[str, Any], max_tokens: int) -> str:
+def state_summary(
+    tenant_id: str, fsa_id: str, version: int, state: dict[str, Any], max_tokens: int, tokenizer: Tokenizer = ESTIMATE
+) -> str:
     """The whole state in a budget: each top-level key with its size and status counts, then its
     first entries by key."""
     header = f"State {tenant_id}/{fsa_id} v{version} · {len(state)} top-level keys"
-    if len(header) >= max_tokens * CHARS_PER_TOKEN:
-        return header[: max_tokens * CHARS_PER_TOKEN - 1] + "…"
+    if tokenizer.count(header) >= max_tokens:
+        return tokenizer.clip(header, max_tokens)
     lines: list[str] = []
     for key in sorted(state):
         value = state[key]
@@ -94,25 +98,62 @@ def state_summary(tenant_id: str, fsa_id: str, version: int, state: dict[str, An
         lines.extend(f"- {member}: {_brief(value[member])}" for member in sorted(value)[:5])
         if len(value) > 5:
             lines.append(f"- … {len(value) - 5} more")
-    return header + "\n" + fit(lines, max_tokens * CHARS_PER_TOKEN - len(header) - 1)
+    body = fit(lines, max_tokens - tokenizer.count(header) - 1, tokenizer)
+    return tokenizer.clip(header + "\n" + body, max_tokens)
 
 
-def fit(lines: list[str], budget_chars: int) -> str:
-    """As many whole lines as fit in the budget, then a line saying how many were left out (when
-    that line fits too)."""
+def changes_digest(parts: dict[str, Any], max_tokens: int, tokenizer: Tokenizer = ESTIMATE) -> str:
+    """The digest of what changed since a version, from its parts (sms.digest_parts), within the
+    budget: all of it when it fits; else the essentials of the header first, who changed it and in
+    which lineages where the budget allows, always keeping room to say how many paths were left out,
+    then whole lines. The rule of sms.changes_digest, which counts with the estimate: under it, the
+    two give the same text."""
+    head, lines = parts["head"], parts["lines"]
+    whole = head + "".join(parts["clauses"]) + "".join("\n" + line for line in lines)
+    if tokenizer.count(whole) <= max_tokens or not lines:
+        return tokenizer.clip(whole, max_tokens)
+    room = tokenizer.count(_more(len(lines), CHANGED_PATHS)) + 1
+    if tokenizer.count(head) + room > max_tokens:
+        return tokenizer.clip(head, max_tokens)
+    text = head
+    for clause in parts["clauses"]:
+        if tokenizer.count(text + clause) + room <= max_tokens:
+            text += clause
+    text += "\n" + fit(lines, max_tokens - tokenizer.count(text) - 1, tokenizer, CHANGED_PATHS)
+    return tokenizer.clip(text, max_tokens)
+
+
+def fit(lines: list[str], budget: int, tokenizer: Tokenizer = ESTIMATE, noun: str = "lines") -> str:
+    """All the lines when they fit in the budget (each counted with its line break); else as many as
+    fit with a line saying how many were left out (when that line fits too)."""
+    costs: list[int] = []  # of the lines up to the first that overflows the budget
+    total = 0
+    for line in lines:
+        costs.append(tokenizer.count(line) + 1)
+        total += costs[-1]
+        if total > budget:
+            break
+    else:
+        return "\n".join(lines)
     kept: list[str] = []
     used = 0
-    for index, line in enumerate(lines):
+    for index, cost in enumerate(costs):  # the last cost overflows: the loop stops there at the latest
+        line = lines[index]
         rest = len(lines) - index
-        tail = len(f"… {rest} more lines not shown") + 1
-        if used + len(line) + 1 > budget_chars - (tail if rest > 1 else 0):
-            marker = f"… {rest} more lines not shown"
-            if used + len(marker) + 1 <= budget_chars:
+        marker = _more(rest, noun)
+        tail = tokenizer.count(marker) + 1
+        if used + cost > budget - (tail if rest > 1 else 0):
+            if used + tail <= budget:
                 kept.append(marker)
             break
         kept.append(line)
-        used += len(line) + 1
+        used += cost
     return "\n".join(kept)
+
+
+def _more(count: int, noun: str) -> str:
+    """The line that says how many lines were left out."""
+    return f"… {count} more {noun} not shown"
 
 
 def _brief(value: Any) -> str:
