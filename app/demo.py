@@ -466,7 +466,7 @@ def render(report: DemoReport) -> str:
     lines += [
         "",
         f"build_context of the five slices: {report.context_chars:,} characters "
-        f"(≈{report.context_chars // 4:,} tokens) instead of {report.state_bytes:,} bytes of state",
+        f"instead of {report.state_bytes:,} bytes of state",
         "checks: " + ", ".join(f"{name} {'ok' if ok else 'FAILED'}" for name, ok in report.checks.items()),
         f"Latencies: medians of {MEASURED_READS} reads one at a time, after the rounds; slice reads first compute "
         "their summary, then (second column) find it cached.",
