@@ -60,6 +60,18 @@ def format_value(check: Check) -> str:
     return f"{check.value:,.4g}" + (f" {check.unit}" if check.unit else "")
 
 
+def finish(checks: list[Check], machine: dict[str, str], data: dict[str, Any], json_path: Path | None) -> int:
+    """The end of a benchmark run alone: each check on a line, the numbers to `json_path` if given,
+    and the exit status (1 when a check failed)."""
+    for check in checks:
+        verdict = "PASS" if check.passed else "FAIL"
+        print(f"check: {check.name}: {format_value(check)} (bound {check.bound}): {verdict}")
+    if json_path:
+        results = {"machine": machine, **data, "checks": [asdict(check) for check in checks]}
+        json_path.write_text(json.dumps(results, indent=2))
+    return 0 if all(check.passed for check in checks) else 1
+
+
 def markdown_table(headers: list[str], rows: list[list[str]], left_columns: int = 1) -> str:
     """A GitHub-flavoured markdown table: the first `left_columns` (names) left-aligned, the others
     (numbers) right-aligned, like bench.common.format_table: one list of rows serves the terminal

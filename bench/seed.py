@@ -64,7 +64,7 @@ from bench.common import (
     run_measure,
     scratch_database,
 )
-from bench.report import Chart, Check, Section, format_value, markdown_table
+from bench.report import Chart, Check, Section, finish, markdown_table
 from bench.report import progress as progress_bar
 from bench.service import HttpConnection, http_request, served, uvicorn
 
@@ -820,15 +820,8 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(f"{key:<11} {value}" for key, value in machine.items()))
     for table in tables(data):
         print(f"\n{table.title.replace('`', '')}\n{format_table(table.headers, table.rows)}\n{table.note}")
-    results = checks(data)
     print()
-    for check in results:
-        print(f"check: {check.name}: {format_value(check)} (bound {check.bound}): {'PASS' if check.passed else 'FAIL'}")
-    if args.json:
-        args.json.write_text(
-            json.dumps({"machine": machine, **data, "checks": [asdict(check) for check in results]}, indent=2)
-        )
-    return 0 if all(check.passed for check in results) else 1
+    return finish(checks(data), machine, data, args.json)
 
 
 def main(argv: list[str] | None = None) -> int:

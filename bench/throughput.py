@@ -66,7 +66,7 @@ from bench.common import (
     postgres_server,
     scratch_database,
 )
-from bench.report import Chart, Check, Section, format_value, markdown_table
+from bench.report import Chart, Check, Section, finish, markdown_table
 from bench.service import (
     STARTUP_SECONDS,
     HttpConnection,
@@ -923,13 +923,7 @@ def _run(make: Callable[[str, Plan, Step], Awaitable[Section]], args: argparse.N
     with postgres_server() as server_url:
         machine, result = asyncio.run(measured(server_url))
     print(f"\n## {result.title}\n\n{result.markdown}\n")
-    for check in result.checks:
-        verdict = "PASS" if check.passed else "FAIL"
-        print(f"check: {check.name}: {format_value(check)} (bound {check.bound}): {verdict}")
-    if args.json:
-        checks = [asdict(check) for check in result.checks]
-        args.json.write_text(json.dumps({"machine": machine, **result.data, "checks": checks}, indent=2))
-    return 0 if all(check.passed for check in result.checks) else 1
+    return finish(result.checks, machine, result.data, args.json)
 
 
 def run(args: argparse.Namespace) -> int:

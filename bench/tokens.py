@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import random
 import sys
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -45,7 +44,7 @@ from bench.common import (
     run_measure,
     scratch_database,
 )
-from bench.report import Chart, Check, Section, format_value, markdown_table
+from bench.report import Chart, Check, Section, finish, markdown_table
 
 TENANT = "bench-tokens"
 FSA = "catch-up"
@@ -260,14 +259,7 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(f"{key:<11} {value}" for key, value in machine.items()))
     headers, rows = table(data)
     print(f"\n{NOTE.format(**data)}\n\n{format_table(headers, rows)}\n")
-    results = checks(data)
-    for check in results:
-        print(f"check: {check.name}: {format_value(check)} (bound {check.bound}): {'PASS' if check.passed else 'FAIL'}")
-    if args.json:
-        args.json.write_text(
-            json.dumps({"machine": machine, **data, "checks": [asdict(check) for check in results]}, indent=2)
-        )
-    return 0 if all(check.passed for check in results) else 1
+    return finish(checks(data), machine, data, args.json)
 
 
 def main(argv: list[str] | None = None) -> int:
