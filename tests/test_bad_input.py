@@ -365,7 +365,13 @@ async def test_default_body_limit_is_8_mib(client, conn):
 
 @pytest.mark.parametrize(
     ("method", "path", "status"),
-    [("GET", "/nowhere", 404), ("GET", "/state/t", 404), ("DELETE", "/state/t/f", 405), ("PUT", TIGHT, 405)],
+    [
+        ("GET", "/nowhere", 404),
+        ("GET", "/state", 404),
+        ("DELETE", "/state/t", 405),
+        ("PATCH", "/state/t/f", 405),
+        ("PUT", TIGHT, 405),
+    ],
 )
 async def test_unknown_routes_and_methods_are_problems(client, conn, method, path, status):
     before = await seed(client, conn)
