@@ -32,11 +32,9 @@ T = TypeVar("T")
 
 def database_url(settings: Settings) -> str:
     """SMS_DATABASE_URL when set; otherwise the embedded PostgreSQL, started on demand."""
-    if settings.database_url:
-        return settings.database_url
-    from app.db.embedded import start_embedded
+    from app.db import embedded
 
-    return start_embedded(settings.data_dir)
+    return embedded.database_url(settings.database_url, settings.data_dir)
 
 
 def on_database(url: str, work: Callable[[Any], Awaitable[T]]) -> T:

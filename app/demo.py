@@ -408,11 +408,10 @@ def main(url: str | None, settings: Settings, *, api_key: str | None, tenant: st
     migrated first; there, once keys exist, with a key of its own for the tenant, revoked after."""
     if url:
         return asyncio.run(run_demo(url, api_key=api_key, tenant=tenant, fsa=fsa, rounds=rounds))
-    from app.cli import database_url
-    from app.db import migrate
+    from app.db import embedded, migrate
     from app.db.queries import Database
 
-    db_url = database_url(settings)
+    db_url = embedded.database_url(settings.database_url, settings.data_dir)
     migrate.upgrade(db_url)
 
     async def served() -> DemoReport:

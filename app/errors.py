@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.domain import jsontext
+from state_memory_client import jsontext
 
 PROBLEM_BASE = "urn:sms:problem:"
 

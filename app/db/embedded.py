@@ -36,11 +36,10 @@ FIRST_RETRY_DELAY = 0.5  # seconds after a failed restart; doubles after each
 STOP_WAIT = 10.0  # seconds to wait for the processes of a stopped server to exit
 
 
-def start_embedded(data_dir: Path) -> str:
-    """Start (or reuse) the embedded server under `data_dir`; returns its connection URL.
-
-    The server stops when the last process using it exits."""
-    return EmbeddedPostgres(data_dir).start()
+def database_url(configured: str | None, data_dir: Path) -> str:
+    """The configured database (SMS_DATABASE_URL) when there is one; otherwise the embedded server
+    under `data_dir`, started (or reused) on demand, which stops when the last process using it exits."""
+    return configured or EmbeddedPostgres(data_dir).start()
 
 
 class EmbeddedPostgres:
