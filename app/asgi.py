@@ -28,6 +28,7 @@ from types import FrameType
 
 from litestar import Litestar
 
+from app import logs
 from app.api.app import begin_shutdown, create_app
 from app.settings import Settings
 
@@ -44,6 +45,7 @@ def create() -> Litestar:
             "app.asgi needs SMS_DATABASE_URL (a migrated database: run `sms migrate` first); "
             "`sms serve` is the way to run the service on its embedded PostgreSQL"
         )
+    logs.configure(settings.log_format)  # the service's lines; the server's own keep the server's format
     app = create_app(settings, settings.database_url)
     app.on_startup.append(_end_streams_on_stop_signal)
     return app

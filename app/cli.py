@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app import __version__
+from app import __version__, logs
 from app.settings import COMPAT_CONTRACTS, Settings
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from app.db.embedded import EmbeddedPostgres
 
 T = TypeVar("T")
+log = logging.getLogger("app.cli")  # by name: run as `python -m app.cli`, __name__ is __main__
 
 
 def database_url(settings: Settings) -> str:
@@ -63,6 +64,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT; then end the SSE streams, let the requests in flight finish
     within the grace period, stop the embedded PostgreSQL (if it is ours) and exit 0."""
     from app.api.app import create_app
+    from app.api.observability import export_traces
     from app.db import migrate
     from app.db.embedded import EmbeddedPostgres
 
@@ -95,14 +97,18 @@ def serve(args: argparse.Namespace, settings: Settings) -> None:
             access = (
                 "protected mode: no API key exists, so only loopback clients are served (make one: sms keys create)"
             )
+        if settings.tracing:
+            export_traces()
         app = create_app(settings, url)
         where = "embedded PostgreSQL in " + str(settings.data_dir) if embedded else "SMS_DATABASE_URL"
-        print(
-            f"State Memory Service {__version__} on http://{settings.host}:{settings.port} "
-            f"(database: {where}; {access}"
-            + ("; the original second-generation wire contract" if settings.compat == "v2" else "")
-            + ")",
-            flush=True,
+        log.info(  # a log line, so that with SMS_LOG_FORMAT=json every line the service writes is JSON
+            "State Memory Service %s on http://%s:%s (database: %s; %s%s)",
+            __version__,
+            settings.host,
+            settings.port,
+            where,
+            access,
+            "; the original second-generation wire contract" if settings.compat == "v2" else "",
         )
         database_lost = _serve_until_stopped(app, settings, embedded)
     except KeyboardInterrupt:
@@ -122,12 +128,14 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def _serve_until_stopped(app: Litestar, settings: Settings, embedded: EmbeddedPostgres | None) -> bool:
-    """uvicorn until SIGTERM or SIGINT (a second SIGINT cuts the grace period short), with the
+    """uvicorn until SIGTERM or SIGINT (then the drain, if SMS_DRAIN_SECONDS asks for one; a further
+    SIGINT ends the drain, or else cuts the grace period short), with the
     embedded PostgreSQL, if any, restarted whenever it dies. True when it stopped because that
     failed."""
     import uvicorn
 
     from app.api.app import begin_shutdown
+    from app.api.observability import begin_drain
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
@@ -142,6 +150,14 @@ def _serve_until_stopped(app: Litestar, settings: Settings, embedded: EmbeddedPo
                     signal.signal(sig, handler)
 
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # first the drain: still serving, but no longer ready, until load balancers have seen it
+            # (SMS_DRAIN_SECONDS). A second SIGINT ends it, and only a third cuts the grace period short.
+            begin_drain(app.state)
+            for _ in range(round(settings.drain_seconds * 10)):
+                if self.force_exit:
+                    self.force_exit = False
+                    break
+                await asyncio.sleep(0.1)
             begin_shutdown(app)  # else the SSE streams would take the whole grace period
             await super().shutdown(sockets)
 
@@ -150,7 +166,8 @@ def _serve_until_stopped(app: Litestar, settings: Settings, embedded: EmbeddedPo
         host=settings.host,
         port=settings.port,
         log_level="info",
-        access_log=False,  # a line per request cost more CPU than the request itself on a hot state
+        log_config=None,  # uvicorn's lines go through the service's own logging (app.logs): format, redaction
+        access_log=False,  # the service logs each request itself (app.api.observability)
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     server = Server(config)
@@ -256,7 +273,7 @@ def run_listen(args: argparse.Namespace, settings: Settings) -> None:
     import asyncio
 
     from app.domain import jsontext
-    from app.feed import Feed
+    from app.feed import Feed, StatePurged
 
     tenant_id, _, fsa_id = args.target.partition("/")
 
@@ -271,6 +288,8 @@ def run_listen(args: argparse.Namespace, settings: Settings) -> None:
         asyncio.run(listen())
     except KeyboardInterrupt:
         pass
+    except StatePurged as purged:  # the state is gone: its feed has ended
+        print(f"sms listen: {purged}", file=sys.stderr)
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> None:
@@ -392,17 +411,18 @@ def main(argv: list[str] | None = None) -> None:
         run_mcp(argv[1:])
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    logs.configure(settings.log_format)
     from sqlalchemy.exc import OperationalError
 
     from app.errors import Problem
 
     try:
-        args.run(args, Settings.from_env())
+        args.run(args, settings)
     except (OperationalError, Problem) as exc:
         # a database that is down or unreachable: one clear line, not a traceback
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-        raise SystemExit(f"sms: the database is unavailable: {reason}") from None
+        raise SystemExit(logs.redact(f"sms: the database is unavailable: {reason}")) from None
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
     "SM012": (422, "invalid-policy", "The rule or key is invalid"),
     "SM013": (403, "forbidden", "Not allowed"),
     "SM014": (409, "batch-aborted", "Another write of the all-or-nothing batch failed: nothing was applied"),
+    # a version, or the log after one, that sms.compact dropped: the state's history starts later
+    "SM015": (404, "history-compacted", "The state's history before this version was compacted away"),
     # a statement reached rows of a tenant its transaction does not act for (row-level security):
     # the same answer as for anything that is not there
     "42501": (404, "not-found", "Not found"),

@@ -17,7 +17,9 @@ decide what each one takes from a page, so every version arrives once and in ord
 two reads meet.
 
 The HTTP service uses the same class behind its SSE endpoints, and closes it when it shuts down:
-every subscription then ends, and each SSE stream with a last event saying so.
+every subscription then ends, and each SSE stream with a last event saying so. A subscription to
+one state also ends, raising StatePurged, when the state is purged (DESIGN §14): its reader, finding
+nothing new when woken, sees the state's version fall below what it had read.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+from app import metrics
 from app.db.listener import Listener
 from app.db.queries import Database
 from app.domain.change import Change, Position
@@ -45,7 +49,7 @@ WAKE_AT_ONCE = 25  # subscribers a reader wakes in one turn of the event loop
 
 Row = tuple[Change, Position, list[bool]]  # a change, its position, whether it touches each slice spec
 
-__all__ = ["Change", "Feed", "Position"]
+__all__ = ["Change", "Feed", "Position", "StatePurged"]
 
 
 @dataclass(eq=False)
@@ -65,6 +69,7 @@ class _Subscriber:
     pages: deque[_Page] = field(default_factory=deque)
     event: asyncio.Event = field(default_factory=asyncio.Event)
     behind: bool = False  # a page it needs is not in its mailbox: it reads the log itself
+    purged: bool = False  # its state was purged: the subscription ends (StatePurged)
 
     def deliver(self, page: _Page) -> None:
         if len(self.pages) >= MAX_QUEUED_PAGES or (
@@ -106,7 +111,9 @@ class _Reader:
                 if rows:
                     await asyncio.sleep(self.pause)
                 notified = await _wait(wakeup.event, feed.poll_interval if retry == 0 else retry)
-                retry = feed._next_retry(retry, rows, notified, one_state=self.fsa_id is not None)
+                # a replica may not have replayed yet what a notification announced
+                in_order = self.fsa_id is not None and not db.replicas
+                retry = feed._next_retry(retry, rows, notified, one_state=in_order)
         finally:
             feed.listener.unregister(wakeup)
 
@@ -133,6 +140,9 @@ class _Reader:
             slice_specs = ()
             rows = await db.read_feed(self.tenant_id, self.fsa_id, self.position, (), self.feed.batch)
         if rows:
+            now = datetime.now(UTC)
+            for change, _, _ in rows:
+                metrics.FEED_LAG.observe(max(0.0, (now - change.created_at).total_seconds()))
             page = _Page(self.position, rows, slice_specs)
             self.position = rows[-1][1]
             for n, subscriber in enumerate(list(self.subscribers), 1):
@@ -141,7 +151,33 @@ class _Reader:
                     # the next ones after the event loop has looked at its sockets: the writers'
                     # requests are served between them, not after 500 streams' writes
                     await asyncio.sleep(0)
+        elif rows == [] and self.fsa_id is not None and self.position.version > 0:
+            await self._check_purged(db)
         return rows
+
+    async def _check_purged(self, db: Database) -> None:
+        """Whether the state was purged, when a wake-up found nothing new (the purge's notice, or
+        a poll, had it been missed): the truth is the state's version, now below what was read.
+        Its subscribers end; a state written again starts from version 0."""
+        try:
+            current = await db.current_version(self.tenant_id, self.fsa_id)
+        except Problem:
+            return  # the database is away: the next wake-up or poll looks again
+        if current < self.position.version:
+            self.position = Position(version=current)
+            for subscriber in self.subscribers:
+                subscriber.purged = True
+                subscriber.event.set()
+
+
+class StatePurged(Exception):
+    """The state a subscription follows was purged (sms.purge_state, or its TTL ran out): what it
+    delivered is gone, and the subscription has ended."""
+
+    def __init__(self, tenant_id: str, fsa_id: str) -> None:
+        super().__init__(f"{tenant_id}/{fsa_id} was purged")
+        self.tenant_id = tenant_id
+        self.fsa_id = fsa_id
 
 
 class Feed:
@@ -182,6 +218,11 @@ class Feed:
     def readers(self) -> int:
         """Readers running: one per state or tenant followed in this process (for tests and metrics)."""
         return len(self._readers)
+
+    @property
+    def subscribers(self) -> int:
+        """Subscriptions open in this process (for metrics)."""
+        return len(self._subscribers)
 
     def close(self) -> None:
         """End every subscription, those to come too: each returns once the change it is yielding
@@ -232,6 +273,8 @@ class Feed:
         retry = 0.0  # > 0 while the database is away
         try:
             while not self.closed:
+                if me.purged:
+                    raise StatePurged(tenant_id, fsa_id or "")
                 if reader is None or me.behind:
                     me.behind = False
                     try:
@@ -310,8 +353,9 @@ class Feed:
         A tenant feed reads only below the oldest running transaction, so a committed delta can be
         unreadable for a while: after the feed moved, or was notified of something it could not
         read yet, it looks again after 20 ms, then backs off towards the poll interval. One
-        state's versions commit in order, so its feed never waits for anything. While the
-        database is away, reads back off up to max_retry_delay."""
+        state's versions commit in order, so its feed never waits for anything — unless it reads
+        from replicas (`one_state` False), which may not have replayed yet what was notified.
+        While the database is away, reads back off up to max_retry_delay."""
         if rows is None:
             return min(self.max_retry_delay, max(0.1, retry * 2))
         if one_state:
@@ -340,6 +384,7 @@ class Feed:
                     f"version {version} is beyond the state's current version {current}",
                     current_version=current,
                 )
+            await db.check_since(tenant_id, fsa_id, version)
             return Position(version=version)
         state, _, version = str(since).rpartition(":")
         tx_id = await db.delta_tx_id(tenant_id, state, _version(version)) if state else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,24 @@ def _list(name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in os.environ.get(name, "").split(",") if item.strip())
 
 
+def _urls(name: str) -> tuple[str, ...]:
+    """Comma-separated database URLs; a URL's own commas (several hosts: postgresql://a,b/db) stay."""
+    raw = os.environ.get(name, "")
+    return tuple(url.strip() for url in re.split(r",\s*(?=postgres(?:ql)?://)", raw) if url.strip())
+
+
+def _listen_url() -> str | None:
+    """SMS_LISTEN_DATABASE_URL, which a service behind a transaction pooler needs: LISTEN lasts as
+    long as its session, and such a pooler hands the session to another client after each transaction."""
+    url = os.environ.get("SMS_LISTEN_DATABASE_URL") or None
+    if url is None and _bool("SMS_TRANSACTION_POOLING", False):
+        raise SystemExit(
+            "SMS_TRANSACTION_POOLING needs SMS_LISTEN_DATABASE_URL: the change feed's LISTEN connection, "
+            "to the primary itself (or through a pool in session mode)"
+        )
+    return url
+
+
 def _bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if raw == "":
@@ -65,6 +84,7 @@ def _tokenizer(name: str) -> str | None:
 
 
 COMPAT_CONTRACTS = ("default", "v2")
+LOG_FORMATS = ("text", "json")  # SMS_LOG_FORMAT (app.logs)
 
 
 @dataclass(frozen=True)
@@ -102,6 +122,10 @@ class Settings:
 
     database_url: str | None = None
     api_database_url: str | None = None
+    read_database_urls: tuple[str, ...] = ()  # read replicas, each as the requests' role (app.db.queries)
+    read_wait_ms: int = 1000  # how long a read naming a version waits for a replica before the primary answers
+    listen_database_url: str | None = None  # the change feed's LISTEN connection (default: api_database_url's)
+    transaction_pooling: bool = False  # the API and read URLs lead to a pooler in transaction mode (PgBouncer)
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("sms")))
@@ -113,6 +137,7 @@ class Settings:
     notify: bool = True
     keepalive_seconds: float = 15.0  # SSE keep-alive comments on an idle feed
     feed_poll_seconds: float = 5.0  # subscribers re-read the log this often even without NOTIFY
+    expiry_sweep_seconds: float = 60.0  # how often states past their TTL are purged (0: never, by this process)
     snapshot_every: int = 1000  # versions between snapshots: the most an old-version read overlays
     auth: str = "auto"  # "auto": keys once any exists, loopback only until then; "required": keys always
     insecure_no_auth: bool = False  # with no key made, answer every client (not only loopback)
@@ -125,8 +150,13 @@ class Settings:
     group_commit: bool = True  # concurrent deltas to one state share one transaction (app.db.group_commit)
     group_commit_window_ms: float = 2.0  # the most a delta that finds its state busy waits for others to join it
     group_commit_max: int = 32  # deltas per transaction: each is a subtransaction, and past 64 every snapshot slows
-    limits: Limits = field(default_factory=Limits)
     tokenizer: str | None = None  # how summaries count tokens: "tiktoken:cl100k_base"; None: a conservative estimate
+    log_format: str = "text"  # "json": one JSON object per log line (app.logs)
+    request_log: bool = True  # a log line per request (some 25 µs each: a hot state may do without)
+    metrics_public: bool = False  # GET /metrics for anyone, not only admin keys (no label names a tenant)
+    tracing: bool = False  # an OpenTelemetry span per request, continuing its traceparent (the otel extra)
+    drain_seconds: float = 0.0  # after a stop signal, serve on this long with /health/ready at 503 first
+    limits: Limits = field(default_factory=Limits)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -134,6 +164,10 @@ class Settings:
         return cls(
             database_url=os.environ.get("SMS_DATABASE_URL") or None,
             api_database_url=os.environ.get("SMS_API_DATABASE_URL") or None,
+            read_database_urls=_urls("SMS_READ_DATABASE_URL"),
+            read_wait_ms=_int("SMS_READ_WAIT_MS", cls.read_wait_ms),
+            listen_database_url=_listen_url(),
+            transaction_pooling=_bool("SMS_TRANSACTION_POOLING", cls.transaction_pooling),
             host=os.environ.get("SMS_HOST", cls.host),
             port=_int("SMS_PORT", cls.port),
             data_dir=Path(data_dir) if data_dir else Path(platformdirs.user_data_dir("sms")),
@@ -145,6 +179,7 @@ class Settings:
             notify=_bool("SMS_NOTIFY", cls.notify),
             keepalive_seconds=_int("SMS_KEEPALIVE_SECONDS", int(cls.keepalive_seconds)),
             feed_poll_seconds=_int("SMS_FEED_POLL_SECONDS", int(cls.feed_poll_seconds)),
+            expiry_sweep_seconds=_float("SMS_EXPIRY_SWEEP_SECONDS", cls.expiry_sweep_seconds),
             snapshot_every=_int("SMS_SNAPSHOT_EVERY", cls.snapshot_every),
             auth=_choice("SMS_AUTH", cls.auth, ("auto", "required")),
             insecure_no_auth=_bool("SMS_INSECURE_NO_AUTH", cls.insecure_no_auth),
@@ -157,6 +192,11 @@ class Settings:
             group_commit=_bool("SMS_GROUP_COMMIT", cls.group_commit),
             group_commit_window_ms=_float("SMS_GROUP_COMMIT_WINDOW_MS", cls.group_commit_window_ms),
             group_commit_max=_int("SMS_GROUP_COMMIT_MAX", cls.group_commit_max),
-            limits=Limits.from_env(),
             tokenizer=_tokenizer("SMS_TOKENIZER"),
+            log_format=_choice("SMS_LOG_FORMAT", cls.log_format, LOG_FORMATS),
+            request_log=_bool("SMS_REQUEST_LOG", cls.request_log),
+            metrics_public=_bool("SMS_METRICS_PUBLIC", cls.metrics_public),
+            tracing=_bool("SMS_TRACING", cls.tracing),
+            drain_seconds=_float("SMS_DRAIN_SECONDS", cls.drain_seconds),
+            limits=Limits.from_env(),
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import feed, history, load, merge, security, seed, suite, throughput, tokens
+from bench import feed, history, load, merge, replicas, security, seed, suite, throughput, tokens
 from bench import slice as slice_
 
 BENCHMARKS = {
@@ -13,6 +13,7 @@ BENCHMARKS = {
     "history": history,
     "load": load,
     "merge": merge,
+    "replicas": replicas,
     "security": security,
     "seed": seed,
     "slice": slice_,

@@ -1,10 +1,15 @@
 -- sms.store_slice_summary(...): caches a slice read by sms.read_slice with its summary body. A
 -- row computed at an older version never replaces a newer one; beyond 200 rows per state the
--- least recently used are evicted.
+-- least recently used are evicted. A read from before the state was purged is not kept (the
+-- state's version is below it now; sms.state_fence keeps a purge from passing a store under way).
 CREATE OR REPLACE FUNCTION sms.store_slice_summary(p_tenant_id text, p_fsa_id text, p_read jsonb, p_summary text)
 RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM sms.state_fence(p_tenant_id, p_fsa_id);
+    IF (p_read ->> 'version')::bigint > sms.current_version(p_tenant_id, p_fsa_id) THEN
+        RETURN;
+    END IF;
     INSERT INTO sms.summary_cache AS c (tenant_id, fsa_id, cache_key, request, version, fingerprint, coarse,
                                         result, summary, slice_bytes, summary_chars)
     VALUES (p_tenant_id, p_fsa_id, p_read ->> 'cache_key', p_read -> 'request', (p_read ->> 'version')::bigint,

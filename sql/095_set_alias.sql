@@ -3,7 +3,8 @@
 -- applies again). Returns the state's aliases (sms.aliases_of). An alias is a letter, then up to
 -- 62 letters, digits, "_" or "-" (matched case-insensitively); a collection 1 to 512 characters
 -- without control characters; a state has at most 100 aliases of its own. Raises SM009 (invalid
--- slice) otherwise, SM007 for bad ids.
+-- slice) otherwise, SM007 for bad ids. Takes the state's fence (sms.state_fence), so that a purge
+-- under way is never passed.
 CREATE OR REPLACE FUNCTION sms.set_alias(p_tenant_id text, p_fsa_id text, p_alias text, p_collection text)
 RETURNS jsonb
 LANGUAGE plpgsql AS $$
@@ -19,6 +20,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'SM009',
             MESSAGE = 'an alias names a collection of 1 to 512 characters without control characters';
     END IF;
+    PERFORM sms.state_fence(p_tenant_id, p_fsa_id);
     -- one alias writer per state at a time, so that the limit below holds
     PERFORM pg_advisory_xact_lock(hashtextextended('sms.slice_aliases/' || p_tenant_id || '/' || p_fsa_id, 0));
     IF p_collection IS NULL THEN

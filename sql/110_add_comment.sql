@@ -1,6 +1,7 @@
 -- sms.add_comment(tenant, fsa, task_id, author, body, is_blocker, lineage_id): appends a comment
 -- to an existing task (tasks.<task_id>); SM010 (not found) and nothing stored when there is no
--- such task. Bodies are markdown, 1 to 65536 characters. Returns the stored comment.
+-- such task. Bodies are markdown, 1 to 65536 characters. Returns the stored comment. Takes the
+-- state's fence (sms.state_fence), so that a purge under way is never passed.
 CREATE OR REPLACE FUNCTION sms.add_comment(p_tenant_id text, p_fsa_id text, p_task_id text, p_author text,
                                            p_body text, p_is_blocker boolean DEFAULT false,
                                            p_lineage_id text DEFAULT NULL)
@@ -15,6 +16,7 @@ BEGIN
     IF p_body IS NULL OR length(p_body) NOT BETWEEN 1 AND 65536 THEN
         PERFORM sms.raise_invalid('body', 'a comment body is 1 to 65536 characters of markdown');
     END IF;
+    PERFORM sms.state_fence(p_tenant_id, p_fsa_id);
     IF NOT EXISTS (SELECT FROM sms.entries WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id
                                              AND collection = 'tasks' AND is_member AND member = p_task_id) THEN
         RAISE EXCEPTION USING ERRCODE = 'SM010',

@@ -58,5 +58,10 @@ ALTER TABLE sms.refusals ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON sms.refusals USING (tenant_id = ANY ((SELECT sms.request_tenants())::text[]));
 GRANT SELECT, INSERT ON sms.refusals TO sms_api;
 
+-- the erasure records: written only by the owner's functions (sms.erase_state, sms.compact)
+ALTER TABLE sms.erasures ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON sms.erasures USING (tenant_id = ANY ((SELECT sms.request_tenants())::text[]));
+GRANT SELECT ON sms.erasures TO sms_api;
+
 ALTER TABLE sms.api_keys ENABLE ROW LEVEL SECURITY;
 ALTER TABLE sms.rate_buckets ENABLE ROW LEVEL SECURITY;

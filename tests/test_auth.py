@@ -124,10 +124,20 @@ def _lists_no_key_of_a(response: httpx.Response) -> None:
     assert all(set(key["tenants"]) <= {B} for key in keys), keys
 
 
+def _names_no_tenant(response: httpx.Response) -> None:
+    """GET /metrics by B's admin key: the counts of every tenant, none of them named."""
+    assert "sms_http_request_duration_seconds" in response.text
+    assert A not in response.text and B not in response.text
+
+
 STATE = "/state/{tenant_id:str}/{fsa_id:str}"
 TASK_ROUTE = "/tasks/{tenant_id:str}/{fsa_id:str}/{task_id:str}"
 ROUTE_EXAMPLES: dict[Route, Example] = {
     ("GET", "/health"): Example("/health", public=True),
+    ("GET", "/health/live"): Example("/health/live", public=True),
+    ("GET", "/health/ready"): Example("/health/ready", public=True),
+    # no label names a tenant: an admin key of any tenant reads every count, and none names A
+    ("GET", "/metrics"): Example("/metrics", names_tenant=False, other=(200, None), other_check=_names_no_tenant),
     ("GET", "/schema"): Example("/schema", public=True),
     ("GET", "/schema/openapi.json"): Example("/schema/openapi.json", public=True),
     ("GET", "/schema/openapi.yaml"): Example("/schema/openapi.yaml", public=True),
@@ -147,6 +157,12 @@ ROUTE_EXAMPLES: dict[Route, Example] = {
     ("GET", "/state/{tenant_id:str}"): Example("/state/{t}"),
     ("GET", STATE): Example("/state/{t}/f"),
     ("POST", STATE): Example("/state/{t}/f", body={"tasks": {TASK: {"status": "DONE"}}, "counter": 3}),
+    ("DELETE", STATE): Example("/state/{t}/f"),
+    ("POST", STATE + "/compact"): Example("/state/{t}/f/compact?before_version=1"),
+    ("GET", STATE + "/erasures"): Example("/state/{t}/f/erasures"),
+    ("GET", STATE + "/ttl"): Example("/state/{t}/f/ttl"),
+    ("PUT", STATE + "/ttl"): Example("/state/{t}/f/ttl", body={"expires_after": "7d"}),
+    ("DELETE", STATE + "/ttl"): Example("/state/{t}/f/ttl"),
     ("GET", STATE + "/slice"): Example("/state/{t}/f/slice?slice=tasks"),
     ("GET", STATE + "/aliases"): Example("/state/{t}/f/aliases"),
     ("PUT", STATE + "/aliases/{alias:str}"): Example("/state/{t}/f/aliases/todo", body={"collection": "tasks"}),
@@ -273,10 +289,11 @@ def test_the_table_names_only_routes_the_app_has():
 
 
 def test_public_routes_are_exactly_health_the_openapi_document_and_the_state_page():
-    """Only /health, /schema/* and the state page's files (/ui/*, no data) are open to anyone;
-    every other route needs a key."""
+    """Only /health (and /health/live and /health/ready, for probes), /schema/* and the state page's
+    files (/ui/*, no data) are open to anyone; every other route needs a key."""
     public = {path for (_, path), scope in APP_ROUTES.items() if scope == "public"}
-    assert public == {"/health"} | {path for path in public if path.startswith(("/schema", "/ui/"))}
+    health = {"/health", "/health/live", "/health/ready"}
+    assert public == health | {path for path in public if path.startswith(("/schema", "/ui/"))}
     assert "/health" in public
     examples_public = {route for route, example in ROUTE_EXAMPLES.items() if example.public}
     assert examples_public == {route for route, scope in APP_ROUTES.items() if scope == "public"}

@@ -62,7 +62,8 @@ async def api_may(conn: asyncpg.Connection, table: str, privilege: str) -> bool:
 async def seed(conn: asyncpg.Connection, tenant: str) -> None:
     """As the owner, rows of `tenant` in every tenant table: states, entries, the log, entry history,
     snapshots, member counts, policies and their change log, a refusal, a task comment, aliases and
-    a cached slice summary, each holding the tenant's mark where it holds text."""
+    a cached slice summary, and the record of a purge, each holding the tenant's mark where it holds
+    text."""
     mark = MARKS[tenant]
     await conn.execute("SET sms.snapshot_every = 1")  # a snapshot at every version
     state_rules = [{"path": "budget", "min": 0, "name": mark}]
@@ -84,6 +85,7 @@ async def seed(conn: asyncpg.Connection, tenant: str) -> None:
     await conn.execute("SELECT sms.set_alias($1, $2, $3, 'tasks')", tenant, FSA, mark)
     read = await conn.fetchval("SELECT sms.read_slice($1, $2, 'tasks', NULL, 'key', NULL, '')::text", tenant, FSA)
     await conn.execute("SELECT sms.store_slice_summary($1, $2, $3::jsonb, $4)", tenant, FSA, read, mark)
+    await conn.execute("SELECT sms.purge_state($1, 'scratch', $2)", tenant, mark)  # an erasure record
     await conn.execute("RESET sms.snapshot_every")
 
 
@@ -519,7 +521,9 @@ async def test_a_row_cannot_be_moved_or_copied_into_another_tenant(seeded, api):
             except asyncpg.PostgresError as exc:
                 failure = exc
             outcomes[table, privilege] = outcome(failure)
-    assert {table for table, privilege in outcomes if privilege == "INSERT"} == set(await tenant_tables(seeded))
+    # every tenant table but the erasure records, which only the owner's functions write
+    inserted = {table for table, privilege in outcomes if privilege == "INSERT"}
+    assert inserted == set(await tenant_tables(seeded)) - {"erasures"}
     # SM008: an append-only table's trigger (entry_history's) refuses the UPDATE before the policy is checked
     refused_otherwise = {
         attempt: result
@@ -622,6 +626,9 @@ READS = {
     "/state/{tenant_id:str}/{fsa_id:str}/policies": [(f"/state/{A}/{FSA}/policies", MARKS[A])],
     "/tenants/{tenant_id:str}/policies": [(f"/tenants/{A}/policies", MARKS[A])],
     "/keys": [("/keys", "<the key of A>")],
+    "/state/{tenant_id:str}/{fsa_id:str}/erasures": [(f"/state/{A}/scratch/erasures", MARKS[A])],
+    "/state/{tenant_id:str}/{fsa_id:str}/ttl": [(f"/state/{A}/{FSA}/ttl", f'"tenant_id": "{A}"')],
+    "/metrics": [("/metrics", "sms_deltas_applied_total")],  # counts only: no label names a tenant
 }
 
 
@@ -651,7 +658,7 @@ async def test_every_read_route_answers_a_key_only_its_tenants_data(seeded, db, 
         route.path
         for route in create_app(settings, settings.database_url).routes
         if "GET" in getattr(route, "methods", ())
-        and route.path != "/health"
+        and route.path not in ("/health", "/health/live", "/health/ready")  # open: no tenant's data
         and not route.path.startswith(("/schema", "/ui/"))  # no tenant's data: the page reads the API
     }
     assert set(READS) == routes, "a read route without an entry in READS"

@@ -25,6 +25,8 @@ from app.api.auth import OPEN, Authenticator, authorize
 from app.api.events import EVENT_ROUTES
 from app.api.history import HISTORY_ROUTES
 from app.api.keys import KEY_ROUTES
+from app.api.lifecycle import LIFECYCLE_ROUTES
+from app.api.observability import OBSERVABILITY_ROUTES, RequestObserver, begin_drain, metrics_route
 from app.api.policies import POLICY_ROUTES
 from app.api.routes import ROUTES
 from app.api.schemas import add_components
@@ -33,6 +35,7 @@ from app.db.group_commit import GroupCommit
 from app.db.listener import Listener
 from app.db.queries import Database
 from app.db.roles import api_database_url
+from app.db.sweeper import ExpirySweeper
 from app.domain import jsontext
 from app.domain.keys import Principal
 from app.errors import Problem
@@ -110,8 +113,9 @@ CORS_REQUEST_HEADERS = [
     "traceparent",
     "x-actor",
     "x-lineage-id",
+    "x-request-id",
 ]
-CORS_RESPONSE_HEADERS = ["etag", "retry-after", "www-authenticate"]
+CORS_RESPONSE_HEADERS = ["etag", "retry-after", "www-authenticate", "x-request-id"]
 
 
 def allow_routes(handlers: Iterable[HTTPRouteHandler]) -> list[HTTPRouteHandler]:
@@ -174,7 +178,8 @@ def openapi_config() -> OpenAPIConfig:
 def begin_shutdown(app: Litestar) -> None:
     """The first step of a graceful shutdown, before the server waits for the requests in flight:
     end every SSE stream (with its `shutdown` event), since those would never finish by themselves.
-    Streams asked for from now on end at once the same way."""
+    Streams asked for from now on end at once the same way, and /health/ready answers 503."""
+    begin_drain(app.state)
     feed: Feed | None = app.state.get("feed")
     if feed is not None:
         feed.close()
@@ -197,8 +202,12 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             where_timeout_ms=settings.where_timeout_ms,
             max_depth=settings.limits.max_depth,
             max_key_length=settings.limits.max_key_length,
+            read_dsns=settings.read_database_urls,
+            read_wait_ms=settings.read_wait_ms,
+            transaction_pooling=settings.transaction_pooling,
         )
-        listener = Listener(api_url)
+        listener = Listener(settings.listen_database_url or api_url)
+        sweeper = ExpirySweeper(app.state.db, settings.expiry_sweep_seconds)
         try:
             await app.state.db.check_role()
             await listener.start()
@@ -209,8 +218,11 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
                 if settings.group_commit
                 else None
             )
+            if settings.expiry_sweep_seconds > 0:
+                sweeper.start()
             yield
         finally:
+            await sweeper.stop()
             await listener.stop()
             await app.state.db.close()
 
@@ -232,7 +244,16 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             expose_headers=CORS_RESPONSE_HEADERS,
             allow_credentials=False,  # keys travel in headers, never in cookies
         )
-    handlers = [*ROUTES, *EVENT_ROUTES, *HISTORY_ROUTES, *POLICY_ROUTES, *KEY_ROUTES]
+    handlers = [
+        *ROUTES,
+        *EVENT_ROUTES,
+        *HISTORY_ROUTES,
+        *POLICY_ROUTES,
+        *KEY_ROUTES,
+        *LIFECYCLE_ROUTES,
+        *OBSERVABILITY_ROUTES,
+        metrics_route(settings.metrics_public),
+    ]
     app = Litestar(
         route_handlers=[
             *allow_routes(handlers),
@@ -254,8 +275,11 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             Exception: _on_unexpected,
         },
         cors_config=cors,
+        logging_config=None,  # the process's logging is app.logs's (SMS_LOG_FORMAT), not one of Litestar's
         request_max_body_size=settings.limits.max_body_bytes,
         openapi_config=openapi_config(),
     )
     add_components(app, settings)
+    # outermost, around routing and the exception handlers: it sees every request and its final status
+    app.asgi_handler = RequestObserver(app.asgi_handler, tracing=settings.tracing, request_log=settings.request_log)
     return app

@@ -7,7 +7,8 @@ get keep-alive comments. `slice=` keeps only changes that touch that slice.
 
 When the service shuts down, every stream ends with one `shutdown` event: its `retry` field asks
 the client to reconnect a few seconds later (to this service restarted, or to another replica),
-and its data names the last event id sent, from which to resume.
+and its data names the last event id sent, from which to resume. When its state is purged, a
+state's stream ends with one `purged` event instead: there is nothing to resume.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from app.api.routes import Db, FsaId, TenantId, check_ids
 from app.api.schemas import COMMON, EVENT_STREAM, SLICE_SPEC, Answer, documented, header
 from app.db.queries import Database
 from app.domain import jsontext
-from app.feed import Feed
+from app.feed import Feed, StatePurged
 
 SliceFilter = Annotated[
     str | None,
@@ -45,7 +46,7 @@ STREAM = documented(
             "type": "string",
             "description": "Server-Sent Events: `event: change` with `id` (the version, or fsa:version on the tenant "
             "feed) and `data` (the delta's metadata and ops as JSON); `: keep-alive` comments; a final `event: "
-            "shutdown` when the service stops.",
+            "shutdown` when the service stops, or `event: purged` when the state is purged.",
         },
         "The change feed, until the client disconnects or the service stops",
         media_type=EVENT_STREAM,
@@ -106,6 +107,11 @@ async def _events(
                 last_event_id = str(change.version) if fsa_id is not None else f"{change.fsa_id}:{change.version}"
                 events.append(b"id: " + last_event_id.encode() + b"\nevent: change\ndata: " + _sse_safe(change.json))
             yield b"\n\n".join(events) + b"\n\n"
+    except StatePurged:
+        # the state is gone: no `retry`, no resuming (its versions start again from 0)
+        notice = {"status": "purged", "tenant_id": tenant_id, "fsa_id": fsa_id, "last_event_id": last_event_id}
+        yield b"event: purged\ndata: " + jsontext.encode(notice) + b"\n\n"
+        return
     finally:
         await pages.aclose()
     # a subscription ends only when the feed is closed, at shutdown; no `id:` line, which would

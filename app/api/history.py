@@ -22,6 +22,7 @@ from app.api.routes import (
     Db,
     FsaId,
     MaxTokens,
+    MinVersion,
     TenantId,
     check_ids,
     json_response,
@@ -63,11 +64,12 @@ async def path_history(
         ),
     ],
     limit: Limit = 100,
+    min_version: MinVersion = None,
 ) -> Response:
     """Who changed `path`, when, from what to what, newest first (`old`/`new` are left out when
     the path did not exist before / does not exist after)."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
-    rows = await db.path_changes(tenant_id, fsa_id, path, limit)
+    rows = await db.path_changes(tenant_id, fsa_id, path, limit, min_version)
     changes = []
     for row in rows:
         change: dict[str, Any] = {
@@ -166,11 +168,12 @@ async def changes(
         ),
     ] = None,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
+    min_version: MinVersion = None,
 ) -> Response:
     """What changed since version `since`: a token-budgeted digest (who, which lineages, each
     changed path once, old -> new) plus the same as data."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
-    data, parts = await db.changes_since(tenant_id, fsa_id, since, slice_spec)
+    data, parts = await db.changes_since(tenant_id, fsa_id, since, slice_spec, min_version)
     digest = changes_digest(parts, max_tokens, tokenizer(state.settings.tokenizer))
     body = {"tenant_id": tenant_id, "fsa_id": fsa_id, **data, "digest": digest}
     return json_response(jsontext.encode(body))

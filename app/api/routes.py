@@ -12,8 +12,10 @@ from litestar.di import NamedDependency
 from litestar.params import PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
+from app import metrics
 from app.api import compat
 from app.api.auth import ADMIN, OPEN, READ, WRITE
+from app.api.observability import annotate_span, count_refused, counting_delta
 from app.api.schemas import (
     COMMON,
     JSON_PATCH,
@@ -35,9 +37,9 @@ from app.domain.ids import check_id
 from app.domain.keys import Principal
 from app.domain.predicate import check_predicate
 from app.domain.summary import slice_body, slice_header, slice_summary, state_summary
+from app.domain.tokens import tokenizer
 from app.errors import Problem, invalid_slice, malformed, policy_violation
 from app.settings import Settings
-from app.domain.tokens import tokenizer
 
 JSON = "application/json"  # what handlers answer, as text PostgreSQL built
 
@@ -55,6 +57,20 @@ def version_query(description: str, name: str | None = None) -> Any:
     """A version as a query parameter. (Litestar leaves a minimum of 0 out of the schema, being
     falsy; schema_extra puts it back.)"""
     return QueryParameter(name=name, ge=0, le=MAX_VERSION, description=description, schema_extra={"minimum": 0})
+
+
+# Read-your-writes with read replicas (SMS_READ_DATABASE_URL): a read names the version a write
+# answered, as a query parameter (which the original clients can send); app.db.queries decides
+# which server answers.
+MinVersion = Annotated[
+    int | None,
+    version_query(
+        "Read this version of the state or a newer one (a write's answer's): a read replica that has not replayed "
+        "it yet is waited for (SMS_READ_WAIT_MS), else the primary answers. Without it a replica may answer from "
+        "before your last write; the answer's version says which it read",
+        name="min_version",
+    ),
+]
 
 
 WRITTEN = Answer("WriteResult", "The write was applied (its version is the ETag)", headers=("ETag",))
@@ -136,6 +152,7 @@ async def read_state(
     summary: Annotated[bool, QueryParameter(description="Return {version, summary} of the whole state")] = False,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
     version: Annotated[int | None, version_query("The state exactly as it was at this version")] = None,
+    min_version: MinVersion = None,
 ) -> Response:
     """The full state: {"tenant_id", "fsa_id", "version", "state"}. ETag is the version; a
     matching If-None-Match gives 304. A state never written is {} at version 0. With
@@ -143,18 +160,18 @@ async def read_state(
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
     if version is not None:
         # an old version never changes: cacheable for good
-        body = await db.read_state_at(tenant_id, fsa_id, version)
+        body = await db.read_state_at(tenant_id, fsa_id, version, min_version)
         return json_response(
             compat.state_body(state.settings, body),
             headers={"ETag": f'"{version}"', "Cache-Control": "public, max-age=31536000, immutable"},
         )
     if summary:
-        current, document = await db.read_document(tenant_id, fsa_id)
+        current, document = await db.read_document(tenant_id, fsa_id, min_version)
         text = state_summary(tenant_id, fsa_id, current, document, max_tokens, tokenizer(state.settings.tokenizer))
         body = {"tenant_id": tenant_id, "fsa_id": fsa_id, "version": current, "summary": text}
         return json_response(jsontext.encode(body), headers={"ETag": f'"{current}"'})
     known = _etag_version(request.headers.get("if-none-match"))
-    current, body = await db.read_state(tenant_id, fsa_id, unless_version=known)
+    current, body = await db.read_state(tenant_id, fsa_id, unless_version=known, min_version=min_version)
     headers = {"ETag": f'"{current}"'}
     if body is None:
         return Response(b"", status_code=304, headers=headers)
@@ -196,6 +213,7 @@ async def read_slice(
         ),
     ] = None,
     max_tokens: MaxTokens = DEFAULT_MAX_TOKENS,
+    min_version: MinVersion = None,
 ) -> Response:
     """A slice of the state and its LLM-ready summary (DESIGN §5, §6), through the summary cache.
     `slice` is a sparse sub-document with the state's own nesting; `total` counts every match,
@@ -208,8 +226,9 @@ async def read_slice(
     counter = tokenizer(state.settings.tokenizer)
     # the tokenizer is part of the cache's key: a body cut by another tokenizer may not fit this one's budget
     options = f"max_tokens={max_tokens} tokenizer={counter.name}"
-    read = await db.read_slice(tenant_id, fsa_id, spec, k, order, path, options)
+    read = await db.read_slice(tenant_id, fsa_id, spec, k, order, path, options, min_version)
     header = slice_header(tenant_id, fsa_id, read["version"], spec, read)
+    metrics.SLICE_CACHE.labels("hit" if read["cached"] else "miss").inc()
     if read["cached"]:
         body_text = read["summary"]
     else:
@@ -299,10 +318,11 @@ async def replace_state(
 ) -> Response:
     """Create or replace the whole state with the JSON object in the body, logged as one delta."""
     settings = state.settings
-    check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
-    document = document_text(await request.body(), settings.limits)
-    meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
-    return write_response(await db.replace_state(tenant_id, fsa_id, document, meta))
+    with counting_delta():
+        check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
+        document = document_text(await request.body(), settings.limits)
+        meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
+        return write_response(await db.replace_state(tenant_id, fsa_id, document, meta))
 
 
 @post(
@@ -319,13 +339,14 @@ async def apply_delta(
     claimed aml_level) or headers (X-Actor, X-Lineage-Id, traceparent, Idempotency-Key, If-Match).
     A delta that breaks a policy is a 422 policy-violation listing each rule it breaks."""
     settings = state.settings
-    check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
-    delta = await _delta_text(request, settings)
-    meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
-    group_commit: GroupCommit | None = state.group_commit
-    if group_commit is None:
-        return write_response(await db.apply_delta(tenant_id, fsa_id, delta, meta))
-    return write_response(await group_commit.apply(db, tenant_id, fsa_id, delta, meta))
+    with counting_delta():
+        check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
+        delta = await _delta_text(request, settings)
+        meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
+        group_commit: GroupCommit | None = state.group_commit
+        if group_commit is None:
+            return write_response(await db.apply_delta(tenant_id, fsa_id, delta, meta))
+        return write_response(await group_commit.apply(db, tenant_id, fsa_id, delta, meta))
 
 
 @post(
@@ -374,8 +395,10 @@ def batch_response(tenant_id: str, fsa_id: str, atomic: bool, results: list[str 
         if isinstance(result, Problem):
             problems[index] = result
             outcomes.append(result.to_dict())
+            count_refused(result)
         else:
             outcomes.append(msgspec.Raw(result.encode()))
+            metrics.DELTAS_APPLIED.inc()
     if atomic and problems:
         index, cause = next((i, p) for i, p in problems.items() if p.slug != "batch-aborted")
         cause.extra.update(index=index, results=outcomes)
@@ -438,11 +461,12 @@ async def read_deltas(
     fsa_id: FsaId,
     since: Annotated[int, version_query("Return deltas after this version")] = 0,
     limit: Annotated[int, QueryParameter(ge=1, le=1000, description="At most this many deltas")] = 100,
+    min_version: MinVersion = None,
 ) -> Response:
     """The delta log after `since`, oldest first: for catch-up and audit. `more` says whether
     another page follows."""
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
-    return json_response(await db.read_deltas(tenant_id, fsa_id, since, limit))
+    return json_response(await db.read_deltas(tenant_id, fsa_id, since, limit, min_version))
 
 
 def _etag_version(value: str | None) -> int | None:
@@ -459,7 +483,10 @@ def write_response(result: str) -> Response:
     if decoded.get("refused"):
         raise policy_violation(decoded)
     version = decoded.get("version")
-    return json_response(result, headers={"ETag": f'"{version}"'} if version is not None else {})
+    if version is None:
+        return json_response(result)
+    annotate_span(**{"sms.version": version})
+    return json_response(result, headers={"ETag": f'"{version}"'})
 
 
 ROUTES = [

@@ -54,6 +54,12 @@ Version = Annotated[int, msgspec.Meta(ge=0, le=MAX_VERSION)]
 UNSET: Any = msgspec.UNSET
 Unset = msgspec.UnsetType
 
+# A duration as app.domain.keys.parse_duration reads it: 1 to 999999 of s, m, h, d or w (30d, 12h).
+DURATION = (
+    r"^\s*(?:[1-9][0-9]{0,5}|0[1-9][0-9]{0,4}|00[1-9][0-9]{0,3}|000[1-9][0-9]{0,2}|0000[1-9][0-9]?|00000[1-9])"
+    r"\s*[smhdw]\s*$"
+)
+
 # A dotted path (sms.parse_path): non-empty keys, `\.` a literal dot and `\\` a backslash, at most 64 keys.
 DOTTED_PATH = r"^(?:[^.\\\x00]|\\[.\\])+(?:\.(?:[^.\\\x00]|\\[.\\])+){0,63}$"
 
@@ -71,6 +77,19 @@ class Health(msgspec.Struct):
     status: Literal["ok"]
     database: Literal["ok"]
     postgres: str
+
+
+class Liveness(msgspec.Struct):
+    """The process answers."""
+
+    status: Literal["ok"]
+
+
+class Readiness(msgspec.Struct):
+    """The service may be sent requests: its database answers and is migrated far enough."""
+
+    status: Literal["ready"]
+    schema_revision: str
 
 
 class StateDocument(msgspec.Struct):
@@ -408,18 +427,7 @@ class KeyRequest(msgspec.Struct, forbid_unknown_fields=True):
     actor: Annotated[str, _documented(_ID)] | None = None
     # a whole number, which JSON Schema lets a client write as 78.0 too: _new_key takes both
     aml_level: Annotated[float, _documented({"type": "integer", "minimum": 0, "maximum": 100})] | None = None
-    expires_in: (
-        Annotated[
-            str,
-            _documented(
-                {
-                    "pattern": r"^\s*(?:[1-9][0-9]{0,5}|0[1-9][0-9]{0,4}|00[1-9][0-9]{0,3}|000[1-9][0-9]{0,2}"
-                    r"|0000[1-9][0-9]?|00000[1-9])\s*[smhdw]\s*$"
-                }
-            ),
-        ]
-        | None
-    ) = None
+    expires_in: Annotated[str, _documented({"pattern": DURATION})] | None = None
     rate_limit: Annotated[float, _documented({"exclusiveMinimum": 0, "maximum": 1e6})] | None = None
     label: Annotated[str, _documented(_ID)] | None = None
 
@@ -468,6 +476,51 @@ class CommentRequest(msgspec.Struct):
     lineage_id: Annotated[str, _documented(_ref("SegmentId"))] | None = None
 
 
+class Erasure(msgspec.Struct):
+    """The record of an erasure (kept in sms.erasures after the state is gone): a purge of the
+    state (`action` purge; actor "ttl" when its TTL ran out) or a compaction of its log and history
+    up to `through_version`; who asked (the actor, the API key, the database role), when, the
+    state's version then, and the rows removed from each table."""
+
+    erasure_id: UUID
+    tenant_id: str
+    fsa_id: str
+    action: Literal["purge", "compact"]
+    actor: str | None
+    key_id: str | None
+    db_user: str
+    erased_at: datetime
+    last_version: Version
+    through_version: Version | None
+    removed: dict[str, Annotated[int, msgspec.Meta(ge=0)]]
+
+
+class ErasureList(msgspec.Struct):
+    """A state's erasure records, newest first: they outlive the state."""
+
+    tenant_id: str
+    fsa_id: str
+    erasures: list[Erasure]
+
+
+class Expiry(msgspec.Struct):
+    """A state's TTL: it is purged once it has gone `expires_after_seconds` without a delta (null:
+    never); its last delta (null: none yet) and when it expires."""
+
+    tenant_id: str
+    fsa_id: str
+    expires_after_seconds: Annotated[int, msgspec.Meta(ge=1)] | None
+    last_write_at: datetime | None
+    expires_at: datetime | None
+
+
+class ExpiryRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A state's TTL: how long it may go without a delta before it is purged, as a whole number
+    and a unit (`90s`, `15m`, `12h`, `7d`, `2w`; 1 to 999999); null clears it."""
+
+    expires_after: Annotated[str, _documented({"pattern": DURATION})] | None
+
+
 class Violation(msgspec.Struct):
     """A policy rule a write would break."""
 
@@ -509,6 +562,8 @@ class Problem(msgspec.Struct):
 
 STRUCTS = (
     Health,
+    Liveness,
+    Readiness,
     StateDocument,
     StateSummary,
     Slice,
@@ -533,6 +588,9 @@ STRUCTS = (
     KeyList,
     AliasRequest,
     CommentRequest,
+    ErasureList,
+    Expiry,
+    ExpiryRequest,
     Problem,
 )
 
@@ -880,7 +938,8 @@ PROBLEMS: dict[int, str] = {
     401: "An API key is needed, or the one sent is unknown, revoked or expired (once any key exists)",
     403: "Not allowed: the key's scope is too low (insufficient-scope), a cross-origin write (forbidden-origin), or a "
     "client that is not on loopback while no key exists (protected-mode)",
-    404: "Not found: nothing there, or a tenant the key does not name",
+    404: "Not found: nothing there, or a tenant the key does not name; a version, or the log after one, older than "
+    "the state's compaction (history-compacted)",
     409: "Conflict with what is stored: the state is not at the expected version (version-conflict), a $expect "
     "precondition failed (expectation-failed), or an idempotency key was used for another delta",
     413: "A limit was exceeded: body size, number of paths, nesting, key length",

@@ -20,6 +20,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from app import metrics
 from app.db.queries import Database
 from app.domain.delta import WriteMeta
 from app.errors import Problem
@@ -65,6 +66,7 @@ class GroupCommit:
             lane.arrival.set()
             return await write.future
         lane = self._lanes[key] = _Lane()
+        metrics.GROUP_COMMIT_BATCH.observe(1)
         try:
             return await db.apply_delta(tenant_id, fsa_id, delta, meta)
         finally:
@@ -119,6 +121,7 @@ class GroupCommit:
 
     async def _results(self, db: Database, key: LaneKey, batch: list[_Write]) -> list[str | Problem]:
         tenant_id, fsa_id, _ = key
+        metrics.GROUP_COMMIT_BATCH.observe(len(batch))
         if len(batch) == 1:
             return [await _alone(db, tenant_id, fsa_id, batch[0])]
         self.batches += 1

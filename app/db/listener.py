@@ -1,12 +1,14 @@
 """The process's one LISTEN connection on channel sms_changes.
 
-It owns a dedicated connection (never a pooled one: a pool resets sessions and drops LISTEN),
-proves it is alive by a NOTIFY round trip on a private probe channel, and on any failure
-reconnects with capped exponential backoff and then wakes every subscriber, because it may
-have missed notifications meanwhile. Notifications are only hints: subscribers read the log
-(sms.feed_after). Each subscriber has a wake-up flag, a bounded queue of one coalesced hint, so
-a subscriber that falls behind simply reads more of the log when it next looks, and never
-blocks the listener, the other subscribers or the writers.
+It owns a dedicated connection (never a pooled one: a pool resets sessions and drops LISTEN; nor
+one through a pooler in transaction mode, which hands the session to other clients after each
+transaction: behind one, the service's SMS_LISTEN_DATABASE_URL leads to the primary itself; and
+never a replica's: NOTIFY is the primary's alone), proves it is alive by a NOTIFY round trip on a
+private probe channel, and on any failure reconnects with capped exponential backoff and then
+wakes every subscriber, because it may have missed notifications meanwhile. Notifications are
+only hints: subscribers read the log (sms.feed_after). Each subscriber has a wake-up flag, a
+bounded queue of one coalesced hint, so a subscriber that falls behind simply reads more of the
+log when it next looks, and never blocks the listener, the other subscribers or the writers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import random
 from dataclasses import dataclass, field
 
 import asyncpg
+
+from app import metrics
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,7 @@ class Listener:
             await self._close()
             attempt += 1
             self.reconnects += 1
+            metrics.LISTENER_RECONNECTS.inc()
             delay = min(self.max_backoff, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
             await asyncio.sleep(delay)
 

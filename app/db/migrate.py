@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic import command, op
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 
 def alembic_config(database_url: str) -> Config:
@@ -19,6 +20,12 @@ def alembic_config(database_url: str) -> Config:
     # passed as an attribute, not an option: URLs may hold % which ini interpolation would eat
     config.attributes["database_url"] = database_url
     return config
+
+
+def revisions() -> tuple[str, frozenset[str]]:
+    """The head revision the package ships, and every revision it knows."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return script.get_current_head(), frozenset(revision.revision for revision in script.walk_revisions())
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:

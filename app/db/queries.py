@@ -9,14 +9,27 @@ Every statement acts for the tenants of the request's key (`Database.acting_for`
 read, and row-level security lets the service's role see nothing else (DESIGN §10). Function calls
 read `FROM sms.act_for($n)`; statements that read tables themselves do so in a LATERAL subquery
 that waits for it (`WHERE acting … OFFSET 0`).
+
+Reads of a state — slices, whole states, old versions, history, the log and the change feed — go
+to a read replica when there are any (SMS_READ_DATABASE_URL), in turn; everything else goes to the
+primary. A replica may lag: a read that names a version it must not fall behind (`min_version`,
+and a `since`, a `version` or an ETag it reads from) asks the replicas for one that has replayed
+it, for at most `read_wait` seconds, and is otherwise answered by the primary. A replica that
+fails is skipped for that read: the primary answers.
+
+Nothing outlives a transaction on a connection (the tenants, a `where` read's timeout, advisory
+locks are all transaction-level), so the service works through a pooler in transaction mode
+(PgBouncer): `transaction_pooling` then keeps no prepared statement and sends no session setting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -60,7 +73,9 @@ SELECT (
            || ',"deltas":' || coalesce((SELECT to_json(array_agg(p ORDER BY p.version))
                                          FROM (SELECT * FROM page ORDER BY version LIMIT $4) p), '[]')::text
            || ',"more":' || ((SELECT count(*) FROM page) > $4)::text || '}'
-) FROM sms.act_for($5)
+) FROM sms.act_for($5) acting,
+       -- a `since` that a compaction dropped is a problem, not a page that silently skips deltas
+       LATERAL (SELECT WHERE acting AND sms.check_since($1, $2, $3) OFFSET 0) kept
 """
 
 
@@ -83,6 +98,14 @@ hit AS (
 )
 SELECT read FROM r
 """
+
+# A replica is read-only: there a cache hit is not counted (the primary's hits are).
+_READ_SLICE_ON_REPLICA = "SELECT sms.read_slice($1, $2, $3, $4, $5, $6::jsonpath, $7) FROM sms.act_for($8)"
+
+_CURRENT_VERSION = "SELECT sms.current_version($1, $2) FROM sms.act_for($3)"
+
+FIRST_REPLICA_POLL = 0.002  # seconds between looks at replicas that have not replayed a version yet...
+MAX_REPLICA_POLL = 0.05  # ... doubling up to this
 
 
 _READ_STATE_AT = """
@@ -173,6 +196,9 @@ class Database:
         acquire_timeout: float = 5.0,
         where_timeout_ms: int = 1000,
         heavy: asyncio.Semaphore | None = None,
+        replicas: Sequence[asyncpg.Pool] = (),
+        read_wait: float = 1.0,
+        turns: itertools.count | None = None,
     ) -> None:
         self.pool = pool
         self.tenants = tenants
@@ -181,6 +207,9 @@ class Database:
         # Expensive reads (whole states, old versions, history, slices with `where`) take turns for
         # half of the pool, so that writes and /health always find a connection.
         self.heavy = heavy or asyncio.Semaphore(max(1, pool.get_max_size() // 2))
+        self.replicas = tuple(replicas)  # a pool on each read replica
+        self.read_wait = read_wait  # seconds a read waits for a replica to replay the version it names
+        self._turns = turns or itertools.count()  # whose turn among the replicas, shared by acting_for's copies
 
     @classmethod
     async def connect(
@@ -195,63 +224,116 @@ class Database:
         where_timeout_ms: int = 1000,
         max_depth: int = 32,
         max_key_length: int = 512,
+        read_dsns: Sequence[str] = (),
+        read_wait_ms: int = 1000,
+        transaction_pooling: bool = False,
     ) -> Database:
-        """A pool on `dsn`. Connecting and waiting for a connection give up after the statement
-        timeout (at least 5 s), each query a second after it, so an unreachable database is a
-        prompt 503, never a hang."""
+        """A pool on `dsn`, and one on each read replica of `read_dsns`. Connecting and waiting for
+        a connection give up after the statement timeout (at least 5 s), each query a second after
+        it, so an unreachable database is a prompt 503, never a hang.
+
+        With `transaction_pooling` (the URLs lead to a pooler in transaction mode, such as
+        PgBouncer) a connection's server session changes between transactions: no statement is
+        prepared for later, and no setting is sent but the application's name (PgBouncer refuses
+        others). The server's sessions must then hold the service's settings themselves — the role's
+        (`ALTER ROLE … SET`) or the pooler's `connect_query` — or a SessionSettingsError says
+        which; the statement timeout is the client's then, cancelling a second later."""
         timeout = max(5.0, statement_timeout_ms / 1000)
+        session = {
+            "sms.notify": "on" if notify else "off",
+            "sms.snapshot_every": str(snapshot_every),
+            "sms.max_depth": str(max_depth),  # the limits sms.check_value applies
+            "sms.max_key_length": str(max_key_length),
+        }
+        options: dict[str, Any] = {
+            "min_size": min_size,
+            "max_size": max_size,
+            "init": _init_connection,
+            "reset": _keep_session,
+            "timeout": timeout,
+            "command_timeout": statement_timeout_ms / 1000 + 1,  # the server's statement timeout answers first
+            "server_settings": {"application_name": "sms"},
+        }
+        if transaction_pooling:
+            options["statement_cache_size"] = 0  # asyncpg then parses each statement again where it runs
+        else:
+            options["server_settings"] |= {"statement_timeout": str(statement_timeout_ms), **session}
+        pools: list[asyncpg.Pool] = []
         try:
-            pool = await asyncpg.create_pool(
-                dsn,
-                min_size=min_size,
-                max_size=max_size,
-                init=_init_connection,
-                reset=_keep_session,
-                timeout=timeout,
-                command_timeout=statement_timeout_ms / 1000 + 1,  # the server's statement timeout answers first
-                server_settings={
-                    "application_name": "sms",
-                    "statement_timeout": str(statement_timeout_ms),
-                    "sms.notify": "on" if notify else "off",
-                    "sms.snapshot_every": str(snapshot_every),
-                    "sms.max_depth": str(max_depth),  # the limits sms.check_value applies
-                    "sms.max_key_length": str(max_key_length),
-                },
-            )
+            for url in (dsn, *read_dsns):
+                pools.append(await asyncpg.create_pool(url, **options))
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise database_unavailable(f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc
-        return cls(pool, acquire_timeout=timeout, where_timeout_ms=min(where_timeout_ms, statement_timeout_ms))
+            await asyncio.gather(*(pool.close() for pool in pools))
+            which = "the database" if not pools else f"read replica {len(pools)} (SMS_READ_DATABASE_URL)"
+            raise database_unavailable(f"cannot connect to {which}: {type(exc).__name__}: {exc}") from exc
+        db = cls(
+            pools[0],
+            acquire_timeout=timeout,
+            where_timeout_ms=min(where_timeout_ms, statement_timeout_ms),
+            replicas=pools[1:],
+            read_wait=read_wait_ms / 1000,
+        )
+        if transaction_pooling:
+            try:
+                await db._check_session(session)
+            except BaseException:
+                await db.close()
+                raise
+        return db
 
     def acting_for(self, tenants: Sequence[str] | None) -> Database:
-        """The same pool, its statements acting for these tenants."""
+        """The same pools, their statements acting for these tenants."""
         return type(self)(
             self.pool,
             None if tenants is None else sorted(tenants),
             acquire_timeout=self.acquire_timeout,
             where_timeout_ms=self.where_timeout_ms,
             heavy=self.heavy,
+            replicas=self.replicas,
+            read_wait=self.read_wait,
+            turns=self._turns,
         )
 
     async def close(self) -> None:
-        await self.pool.close()
+        await asyncio.gather(*(pool.close() for pool in (self.pool, *self.replicas)))
+
+    async def _check_session(self, wanted: dict[str, str]) -> None:
+        """Refuses sessions whose settings are not `wanted` (each counted as the service's SQL
+        counts it when it is not set), naming the ALTER ROLE that would make them so."""
+        async with self._connection() as conn:
+            role, database, *held = await conn.fetchrow(_SESSION_SETTINGS)
+        differ = [
+            f"{name} is {had!r}, not {value!r}: ALTER ROLE {role} IN DATABASE {database} SET {name} = {value!r}"
+            for (name, value), had in zip(wanted.items(), held, strict=True)
+            if value != had
+        ]
+        if differ:
+            raise SessionSettingsError(
+                "through a transaction pooler the service cannot send its sessions' settings, and the server's "
+                "sessions have others: " + "; ".join(differ) + " (then have the pooler reconnect: PgBouncer's "
+                "RECONNECT), or set them in the pooler's connect_query"
+            )
 
     @contextlib.asynccontextmanager
-    async def _connection(self, heavy: bool = False) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection (for an expensive read, one of its share: `heavy`); database errors
-        leave as `Problem`s. Giving the connection back never fails the work done on it: a
-        statement that committed has its answer, even when the pool's reset of the connection
-        meets a server that is going down just then."""
+    async def _connection(
+        self, heavy: bool = False, pool: asyncpg.Pool | None = None
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of `pool` (default: the primary's; for an expensive read, one of its share:
+        `heavy`); database errors leave as `Problem`s. Giving the connection back never fails the
+        work done on it: a statement that committed has its answer, even when the pool's reset of
+        the connection meets a server that is going down just then."""
+        pool = pool or self.pool
         if heavy:
             async with self._heavy_turn():
-                async with self._connection() as conn:
+                async with self._connection(pool=pool) as conn:
                     yield conn
             return
         try:
-            conn = await self.pool.acquire(timeout=self.acquire_timeout)
+            conn = await pool.acquire(timeout=self.acquire_timeout)
             try:
                 yield conn
             finally:
-                await self._release(conn)
+                await self._release(pool, conn)
         except asyncpg.PostgresError as exc:
             problem = from_sqlstate(exc.sqlstate, exc.args[0] if exc.args else str(exc), getattr(exc, "detail", None))
             if problem is None:
@@ -274,9 +356,9 @@ class Database:
         finally:
             self.heavy.release()
 
-    async def _release(self, conn: asyncpg.Connection) -> None:
+    async def _release(self, pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
         try:
-            await self.pool.release(conn)
+            await pool.release(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, TimeoutError):
             log.warning("a connection could not be reset; the pool replaces it")
 
@@ -292,20 +374,101 @@ class Database:
         async with self._connection(heavy) as conn:
             return await conn.fetch(query, *args, self.tenants)
 
+    async def _read(
+        self,
+        read: Callable[[asyncpg.Connection, bool], Awaitable[Any]],
+        tenant_id: str,
+        fsa_id: str | None,
+        min_version: int | None,
+        heavy: bool = False,
+    ) -> Any:
+        """read(connection, on_replica) on a replica that has `min_version` of the state (see
+        `_replica_for`), else on the primary — also when the replica fails meanwhile."""
+        async with self._heavy_turn() if heavy else contextlib.nullcontext():
+            replica = await self._replica_for(tenant_id, fsa_id, min_version)
+            if replica is not None:
+                try:
+                    async with self._connection(pool=replica) as conn:
+                        return await read(conn, True)
+                except Problem as problem:
+                    if not _replica_failed(problem):
+                        raise
+                    log.warning("a read replica failed (%s); the primary answers", problem.slug)
+            async with self._connection() as conn:
+                return await read(conn, False)
+
+    async def _read_query(
+        self,
+        fetch: str,
+        tenant_id: str,
+        fsa_id: str | None,
+        min_version: int | None,
+        query: str,
+        *args: Any,
+        heavy: bool = False,
+    ) -> Any:
+        """`_read` of one statement, by the connection's method `fetch` (fetchval, fetchrow, fetch)."""
+        return await self._read(
+            lambda conn, _: getattr(conn, fetch)(query, *args, self.tenants), tenant_id, fsa_id, min_version, heavy
+        )
+
+    async def _replica_for(self, tenant_id: str, fsa_id: str | None, min_version: int | None) -> asyncpg.Pool | None:
+        """The replica to read from: the next in turn, or with `min_version` the first found to have
+        replayed that version of the state, asking them in turn for at most read_wait seconds.
+        None: the primary answers (no replica, none caught up in time, or the one asked failed)."""
+        if not self.replicas:
+            return None
+        if min_version is None:
+            return self.replicas[next(self._turns) % len(self.replicas)]
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + self.read_wait
+        pause = FIRST_REPLICA_POLL
+        while True:
+            replica = self.replicas[next(self._turns) % len(self.replicas)]
+            try:
+                async with self._connection(pool=replica) as conn:
+                    if await conn.fetchval(_CURRENT_VERSION, tenant_id, fsa_id, self.tenants) >= min_version:
+                        return replica
+            except Problem as problem:
+                if not _replica_failed(problem):
+                    raise
+                log.warning("a read replica failed (%s); the primary answers", problem.slug)
+                return None
+            if clock() + pause > deadline:
+                return None
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, MAX_REPLICA_POLL)
+
     async def health(self) -> str:
         async with self._connection() as conn:
             return await conn.fetchval("SELECT current_setting('server_version')")
 
+    async def schema_revision(self) -> str | None:
+        """The revision the database is migrated to (sms.schema_revision); None when it is older
+        than the revision that made that function."""
+        async with self._connection() as conn:
+            try:
+                return await conn.fetchval("SELECT sms.schema_revision()")
+            except asyncpg.UndefinedFunctionError:
+                return None
+
+    def pool_usage(self) -> tuple[int, int, int]:
+        """Of the primary's pool: (connections serving a query now, connections open, the most it may open)."""
+        size = self.pool.get_size()
+        return size - self.pool.get_idle_size(), size, self.pool.get_max_size()
+
     async def check_role(self) -> None:
         """Refuses a role that row-level security does not bind (a superuser, one with BYPASSRLS
-        or the tables' owner): the service must not run as one (DESIGN §10)."""
-        async with self._connection() as conn:
-            role, unbound = await conn.fetchrow(_ROLE_UNBOUND)
-        if unbound:
-            raise RoleError(
-                f"the service's database role {role!r} is not bound by row-level security (a superuser, BYPASSRLS "
-                "or the owner of the sms tables): give it a role of its own, such as sms_api (SMS_API_DATABASE_URL)"
-            )
+        or the tables' owner): the service must not run as one (DESIGN §10), on its replicas either."""
+        for pool in (self.pool, *self.replicas):
+            async with self._connection(pool=pool) as conn:
+                role, unbound = await conn.fetchrow(_ROLE_UNBOUND)
+            if unbound:
+                raise RoleError(
+                    f"the service's database role {role!r} is not bound by row-level security (a superuser, "
+                    "BYPASSRLS or the owner of the sms tables): give it a role of its own, such as sms_api "
+                    "(SMS_API_DATABASE_URL, and in SMS_READ_DATABASE_URL)"
+                )
 
     async def apply_delta(self, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> str:
         """Apply a delta (JSON text); returns the result object as JSON text."""
@@ -352,24 +515,48 @@ class Database:
         return await self._value("SELECT sms.normalize_delta($1::text::jsonb) FROM sms.act_for($2)", delta)
 
     async def read_state(
-        self, tenant_id: str, fsa_id: str, unless_version: int | None = None
+        self, tenant_id: str, fsa_id: str, unless_version: int | None = None, min_version: int | None = None
     ) -> tuple[int, str | None]:
         """(version, {"tenant_id","fsa_id","version","state"} as JSON text); the text is None when
-        the state is still at `unless_version` (a conditional GET)."""
-        row = await self._row(_READ_STATE, tenant_id, fsa_id, unless_version, heavy=True)
+        the state is still at `unless_version` (a conditional GET, never answered from before it)."""
+        row = await self._read_query(
+            "fetchrow",
+            tenant_id,
+            fsa_id,
+            _at_least(unless_version, min_version),
+            _READ_STATE,
+            tenant_id,
+            fsa_id,
+            unless_version,
+            heavy=True,
+        )
         return row[0], row[1]
 
     async def read_slice(
-        self, tenant_id: str, fsa_id: str, spec: str, k: int | None, order: str, where: str | None, options: str
+        self,
+        tenant_id: str,
+        fsa_id: str,
+        spec: str,
+        k: int | None,
+        order: str,
+        where: str | None,
+        options: str,
+        min_version: int | None = None,
     ) -> dict[str, Any]:
         """A slice through the summary cache (sms.read_slice): cached with its summary body, or
         fresh with the fingerprint to store it under. One with a `where` predicate is an expensive
         read, cut off after where_timeout_ms (a 503 statement-timeout)."""
-        if where is None:
-            return await self._value(_READ_SLICE, tenant_id, fsa_id, spec, k, order, where, options)
-        async with self._connection(heavy=True) as conn, conn.transaction():
-            await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(self.where_timeout_ms))
-            return await conn.fetchval(_READ_SLICE, tenant_id, fsa_id, spec, k, order, where, options, self.tenants)
+        args = (tenant_id, fsa_id, spec, k, order, where, options, self.tenants)
+
+        async def read(conn: asyncpg.Connection, on_replica: bool) -> dict[str, Any]:
+            query = _READ_SLICE_ON_REPLICA if on_replica else _READ_SLICE
+            if where is None:
+                return await conn.fetchval(query, *args)
+            async with conn.transaction():
+                await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(self.where_timeout_ms))
+                return await conn.fetchval(query, *args)
+
+        return await self._read(read, tenant_id, fsa_id, min_version, heavy=where is not None)
 
     async def store_slice_summary(self, tenant_id: str, fsa_id: str, read: dict[str, Any], summary: str) -> None:
         await self._value(
@@ -380,9 +567,15 @@ class Database:
             summary,
         )
 
-    async def read_document(self, tenant_id: str, fsa_id: str) -> tuple[int, dict[str, Any]]:
+    async def read_document(
+        self, tenant_id: str, fsa_id: str, min_version: int | None = None
+    ) -> tuple[int, dict[str, Any]]:
         """(version, the whole state) from one snapshot."""
-        row = await self._row(
+        row = await self._read_query(
+            "fetchrow",
+            tenant_id,
+            fsa_id,
+            min_version,
             "SELECT sms.current_version($1, $2), sms.document($1, $2) FROM sms.act_for($3)",
             tenant_id,
             fsa_id,
@@ -394,9 +587,26 @@ class Database:
         self, tenant_id: str, fsa_id: str | None, after: Position, slice_specs: Sequence[str], limit: int
     ) -> list[tuple[Change, Position, list[bool]]]:
         """The log after a position (sms.feed_after): each change, its position, and whether it
-        touches each of the slice specs."""
-        rows = await self._rows(
-            _READ_FEED, tenant_id, fsa_id, str(after.tx_id), after.fsa_id, after.version, list(slice_specs), limit
+        touches each of the slice specs.
+
+        A replica may answer: any server's answer is the next part of the one order of the log
+        after `position` (a state's versions commit in order; the tenant feed reads below the
+        oldest transaction still running as that server knows it, and a replica has not heard of
+        a transaction only when its id comes later still). So however reads of lagging and
+        current servers mix, no change is skipped or repeated: a lagging replica only delays."""
+        rows = await self._read_query(
+            "fetch",
+            tenant_id,
+            fsa_id,
+            None,
+            _READ_FEED,
+            tenant_id,
+            fsa_id,
+            str(after.tx_id),
+            after.fsa_id,
+            after.version,
+            list(slice_specs),
+            limit,
         )
         return [
             (
@@ -432,15 +642,32 @@ class Database:
         return None if tx_id is None else int(tx_id)
 
     async def current_version(self, tenant_id: str, fsa_id: str) -> int:
-        return await self._value("SELECT sms.current_version($1, $2) FROM sms.act_for($3)", tenant_id, fsa_id)
+        """The state's version, as the primary has it."""
+        return await self._value(_CURRENT_VERSION, tenant_id, fsa_id)
 
-    async def read_state_at(self, tenant_id: str, fsa_id: str, version: int) -> str:
+    async def read_state_at(self, tenant_id: str, fsa_id: str, version: int, min_version: int | None = None) -> str:
         """{"tenant_id","fsa_id","version","state"} exactly as the state was at `version`."""
-        return await self._value(_READ_STATE_AT, tenant_id, fsa_id, version, heavy=True)
+        return await self._read_query(
+            "fetchval",
+            tenant_id,
+            fsa_id,
+            _at_least(version, min_version),
+            _READ_STATE_AT,
+            tenant_id,
+            fsa_id,
+            version,
+            heavy=True,
+        )
 
-    async def documents_at(self, tenant_id: str, fsa_id: str, *versions: int) -> list[Any]:
+    async def documents_at(
+        self, tenant_id: str, fsa_id: str, *versions: int, min_version: int | None = None
+    ) -> list[Any]:
         """The state at each version, from one snapshot of the database."""
-        return await self._value(
+        return await self._read_query(
+            "fetchval",
+            tenant_id,
+            fsa_id,
+            _at_least(*versions, min_version),
             "SELECT (SELECT array_agg(sms.document_at($1, $2, v) ORDER BY o)"
             "          FROM unnest($3::bigint[]) WITH ORDINALITY u(v, o)) FROM sms.act_for($4)",
             tenant_id,
@@ -449,8 +676,14 @@ class Database:
             heavy=True,
         )
 
-    async def path_changes(self, tenant_id: str, fsa_id: str, path: str, limit: int) -> list[dict[str, Any]]:
-        rows = await self._rows(
+    async def path_changes(
+        self, tenant_id: str, fsa_id: str, path: str, limit: int, min_version: int | None = None
+    ) -> list[dict[str, Any]]:
+        rows = await self._read_query(
+            "fetch",
+            tenant_id,
+            fsa_id,
+            min_version,
             "SELECT c.* FROM sms.act_for($5) acting,"
             " LATERAL (SELECT * FROM sms.path_changes($1, $2, $3, $4) WHERE acting OFFSET 0) c",
             tenant_id,
@@ -465,10 +698,16 @@ class Database:
         """A lineage's deltas across the tenant's states, in time order, as JSON text."""
         return await self._value(_READ_LINEAGE, tenant_id, lineage_id, limit, heavy=True)
 
-    async def changes_since(self, tenant_id: str, fsa_id: str, since: int, slice_spec: str | None):
+    async def changes_since(
+        self, tenant_id: str, fsa_id: str, since: int, slice_spec: str | None, min_version: int | None = None
+    ):
         """sms.changes_since and the parts of its digest (sms.digest_parts), for
         app.domain.summary.changes_digest to fit into a budget."""
-        row = await self._row(
+        row = await self._read_query(
+            "fetchrow",
+            tenant_id,
+            fsa_id,
+            _at_least(since, min_version),
             "SELECT s.changes, sms.digest_parts($1, $2, $4, s.changes) FROM sms.act_for($5) acting,"
             " LATERAL (SELECT sms.changes_since($1, $2, $3, $4) AS changes WHERE acting OFFSET 0) s",
             tenant_id,
@@ -494,9 +733,69 @@ class Database:
             "SELECT sms.list_states($1, $2, $3, $4)::text FROM sms.act_for($5)", tenant_id, prefix, after, limit
         )
 
-    async def read_deltas(self, tenant_id: str, fsa_id: str, since: int, limit: int) -> str:
+    async def read_deltas(
+        self, tenant_id: str, fsa_id: str, since: int, limit: int, min_version: int | None = None
+    ) -> str:
         """The log after version `since`, oldest first, at most `limit` entries, as JSON text."""
-        return await self._value(_READ_DELTAS, tenant_id, fsa_id, since, limit)
+        return await self._read_query(
+            "fetchval", tenant_id, fsa_id, _at_least(since, min_version), _READ_DELTAS, tenant_id, fsa_id, since, limit
+        )
+
+    async def check_since(self, tenant_id: str, fsa_id: str, since: int) -> None:
+        """Raises the history-compacted problem when a compaction dropped the deltas after `since`."""
+        await self._value("SELECT sms.check_since($1, $2, $3) FROM sms.act_for($4)", tenant_id, fsa_id, since)
+
+    async def purge_state(self, tenant_id: str, fsa_id: str, actor: str | None, key_id: str | None) -> str:
+        """Erases the state (sms.purge_state); the erasure's record as JSON text."""
+        return await self._value(
+            "SELECT sms.purge_state($1, $2, $3, $4)::text FROM sms.act_for($5)", tenant_id, fsa_id, actor, key_id
+        )
+
+    async def compact(
+        self, tenant_id: str, fsa_id: str, before_version: int, actor: str | None, key_id: str | None
+    ) -> str:
+        """Drops the state's log and history before a snapshot at `before_version` (sms.compact);
+        the erasure's record as JSON text."""
+        return await self._value(
+            "SELECT sms.compact($1, $2, $3, $4, $5)::text FROM sms.act_for($6)",
+            tenant_id,
+            fsa_id,
+            before_version,
+            actor,
+            key_id,
+        )
+
+    async def erasures(self, tenant_id: str, fsa_id: str, limit: int) -> str:
+        """The state's erasure records (sms.erasures), newest first, as JSON text."""
+        return await self._value(
+            """SELECT json_build_object('tenant_id', $1::text, 'fsa_id', $2::text, 'erasures', (
+                      SELECT coalesce(json_agg(e ORDER BY e.erased_at DESC, e.erasure_id), '[]') FROM (
+                         SELECT erasure_id, tenant_id, fsa_id, action, actor, key_id, db_user, erased_at,
+                                last_version, through_version, removed
+                           FROM sms.erasures WHERE tenant_id = $1 AND fsa_id = $2
+                          ORDER BY erased_at DESC, erasure_id LIMIT $3) e))::text
+                 FROM sms.act_for($4)""",
+            tenant_id,
+            fsa_id,
+            limit,
+        )
+
+    async def expiry(self, tenant_id: str, fsa_id: str) -> str:
+        """The state's TTL (sms.expiry_of), as JSON text."""
+        return await self._value("SELECT sms.expiry_of($1, $2)::text FROM sms.act_for($3)", tenant_id, fsa_id)
+
+    async def set_expiry(self, tenant_id: str, fsa_id: str, expires_after: timedelta | None) -> str:
+        """Sets (None: clears) the state's TTL (sms.set_expiry); sms.expiry_of after, as JSON text."""
+        return await self._value(
+            "SELECT sms.set_expiry($1, $2, $3)::text FROM sms.act_for($4)", tenant_id, fsa_id, expires_after
+        )
+
+    async def expire_states(self, limit: int) -> list[dict[str, Any]]:
+        """One sweep of the TTLs (sms.expire_states): the states it purged, with their last version."""
+        rows = await self._rows(
+            "SELECT e.tenant_id, e.fsa_id, e.last_version FROM sms.act_for($2), sms.expire_states($1) e", limit
+        )
+        return [dict(row) for row in rows]
 
     async def policies(self, tenant_id: str, fsa_id: str | None) -> dict[str, Any]:
         """{"rules": [...], "defaults": [...]} of a state, or {"rules"} of the tenant's defaults."""
@@ -553,11 +852,40 @@ class RoleError(Exception):
     """The service's database role is not bound by row-level security."""
 
 
+class SessionSettingsError(Exception):
+    """Through a transaction pooler, the server's sessions do not hold the service's settings."""
+
+
+# The settings Database.connect sends, as the service's SQL reads them when they are not set
+# (sql/068_append_delta.sql, 056_snapshot_every.sql, 032_check_value.sql): what a session holds.
+_SESSION_SETTINGS = """
+SELECT quote_ident(current_user), quote_ident(current_database()),
+       CASE WHEN current_setting('sms.notify', true) = 'off' THEN 'off' ELSE 'on' END,
+       sms.snapshot_every()::text,
+       sms.limit_setting('max_depth', 32)::text,
+       sms.limit_setting('max_key_length', 512)::text
+"""
+
+
 _ROLE_UNBOUND = """
 SELECT r.rolname, r.rolsuper OR r.rolbypassrls
                   OR pg_has_role(r.oid, (SELECT relowner FROM pg_class WHERE oid = 'sms.states'::regclass), 'USAGE')
   FROM pg_roles r WHERE r.rolname = current_user
 """
+
+
+def _at_least(*versions: int | None) -> int | None:
+    """The newest of the versions a read names (None when it names none): a replica behind it
+    must not answer."""
+    named = [version for version in versions if version is not None]
+    return max(named) if named else None
+
+
+def _replica_failed(problem: Problem) -> bool:
+    """Whether a replica's problem is the replica's (down, or cancelling its queries for recovery,
+    or not yet migrated as far as the primary), so that the primary should answer instead; a
+    timeout would be the primary's too."""
+    return problem.status == 503 and problem.slug != "statement-timeout"
 
 
 def _write_json(delta: str, meta: WriteMeta) -> bytes:

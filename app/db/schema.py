@@ -13,6 +13,7 @@ from sqlalchemy import (
     Double,
     Identity,
     Integer,
+    Interval,
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
@@ -46,6 +47,7 @@ states = Table(
     Column("content_bytes", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("expires_after", Interval),
     PrimaryKeyConstraint("tenant_id", "fsa_id"),
 )
 
@@ -202,6 +204,24 @@ policy_changes = Table(
     Column("actor", Text),
     Column("rules", JSONB, nullable=False),
     PrimaryKeyConstraint("tenant_id", "fsa_id", "change_id"),
+)
+
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("erasure_id", Uuid, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("actor", Text),
+    Column("key_id", Text),
+    Column("db_user", Text, nullable=False),
+    Column("erased_at", DateTime(timezone=True), nullable=False),
+    Column("last_version", BigInteger, nullable=False),
+    Column("through_version", BigInteger),
+    Column("removed", JSONB, nullable=False),
+    Column("tx_id", Xid8, nullable=False),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "erasure_id"),
 )
 
 refusals = Table(

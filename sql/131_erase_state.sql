@@ -1,0 +1,47 @@
+-- sms.erase_state(tenant, fsa, actor, key_id): the purge itself, for sms.purge_state and
+-- sms.expire_states, which check who may ask; the service's role may not call it. Under the
+-- state's lock (no delta interleaves) and its fence (sms.state_fence: no comment, alias, policy,
+-- cached summary or TTL being written is passed) it records the erasure in sms.erasures, then
+-- deletes the state's rows from every table of schema sms that has tenant_id and fsa_id columns —
+-- found in the catalog, so a table added later is erased too — but sms.erasures; the append-only
+-- logs let these deletes through because of that record (sms.refuse_log_change). It then fills in
+-- the record's counts and tells the state's subscribers on sms_changes (unless sms.notify is
+-- 'off'): {"tenant_id", "fsa_id", "purged": true, "version"}. The state then reads as never
+-- written. Returns the record.
+CREATE OR REPLACE FUNCTION sms.erase_state(p_tenant_id text, p_fsa_id text, p_actor text, p_key_id text)
+RETURNS sms.erasures
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_erasure sms.erasures;
+    v_table   text;
+    v_count   bigint;
+    v_removed jsonb := '{}';
+BEGIN
+    PERFORM sms.state_lock(p_tenant_id, p_fsa_id);
+    PERFORM sms.state_fence(p_tenant_id, p_fsa_id, true);
+    INSERT INTO sms.erasures (tenant_id, fsa_id, action, actor, key_id, last_version)
+    VALUES (p_tenant_id, p_fsa_id, 'purge', p_actor, p_key_id, sms.current_version(p_tenant_id, p_fsa_id))
+    RETURNING * INTO v_erasure;
+    FOR v_table IN
+        SELECT c.relname FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = 'sms'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+           AND c.relname <> 'erasures'
+           AND (SELECT count(*) FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = c.oid AND a.attname IN ('tenant_id', 'fsa_id') AND NOT a.attisdropped) = 2
+         ORDER BY c.relname = 'states', c.relname  -- the header last
+    LOOP
+        EXECUTE format('DELETE FROM sms.%I WHERE tenant_id = $1 AND fsa_id = $2', v_table) USING p_tenant_id, p_fsa_id;
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_removed := v_removed || jsonb_build_object(v_table, v_count);
+    END LOOP;
+    UPDATE sms.erasures SET removed = v_removed
+     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND erasure_id = v_erasure.erasure_id
+    RETURNING * INTO v_erasure;
+    IF coalesce(current_setting('sms.notify', true), '') <> 'off' THEN
+        PERFORM pg_notify('sms_changes', jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id,
+                                                            'purged', true, 'version', v_erasure.last_version)::text);
+    END IF;
+    RETURN v_erasure;
+END;
+$$;
+REVOKE ALL ON FUNCTION sms.erase_state(text, text, text, text) FROM PUBLIC;
