@@ -1,6 +1,8 @@
 """The Python client against the real service on a socket (`live_url`): every method (and its
-blocking form), typed errors from problem+json, odd ids, exact decimals or JSON-safe floats, and
-retries that apply a write exactly once.
+blocking form), typed errors from problem+json, odd ids, exact decimals or JSON-safe floats,
+retries that apply a write exactly once (and never repeat a purge or compaction that may have
+happened), subscriptions that end when their state is purged, and read-your-writes through a
+lagging read replica.
 
 Failures are injected by a transport that wraps the real one and fails before (or, for a lost
 answer, after) forwarding to the live server; the service and database are never mocked.
@@ -12,6 +14,7 @@ import asyncio
 import dataclasses
 import inspect
 import json
+import re
 import threading
 import uuid
 from dataclasses import replace
@@ -24,11 +27,14 @@ import httpx
 import pytest
 from helpers import serving
 from test_auth import auth_on, make_key
+from test_replicas import primary_url, replay_paused, replica, replica_url, replicated  # noqa: F401 (fixtures)
 
+from app.db import migrate
 from state_memory_client import (
     AuthenticationError,
     ConflictError,
     DeltaResult,
+    HistoryCompactedError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -40,6 +46,7 @@ from state_memory_client import (
     StateMemoryClient,
     StateMemoryError,
     StatePage,
+    StatePurgedError,
     StateSlice,
     SyncStateMemoryClient,
     ValidationError,
@@ -408,6 +415,45 @@ async def test_health(sms):
     assert health["postgres"].split(".")[0].isdigit()
 
 
+async def test_health_live_and_ready(sms, live_url, conn):
+    head, known = migrate.revisions()
+    assert await sms.health_live() == {"status": "ok"}
+    assert await sms.health_ready() == {"status": "ready", "schema_revision": head}
+
+    older = sorted(known - {head})[0]  # the database says it is at an older revision: not ready
+    await conn.execute("UPDATE public.alembic_version SET version_num = $1", older)
+    transport = FlakyTransport()  # no failure: it only counts the requests
+    async with StateMemoryClient(live_url, transport=transport, retries=1) as probe:
+        with pytest.raises(ServiceUnavailableError) as caught:
+            await probe.health_ready()
+    assert (caught.value.status, caught.value.type) == (503, "urn:sms:problem:not-ready")
+    assert older in caught.value.detail and head in caught.value.detail
+    assert len(transport.requests) == 2  # retried as any 503 is
+    assert await sms.health_live() == {"status": "ok"}
+
+    await conn.execute("UPDATE public.alembic_version SET version_num = $1", head)
+    assert (await sms.health_ready())["status"] == "ready"
+
+
+def live_checks_counted(metrics_text: str) -> float:
+    """How many GET /health/live answered 200, by the service's metrics."""
+    line = re.search(
+        r'^sms_http_request_duration_seconds_count\{(?=[^}]*method="GET")(?=[^}]*route="/health/live")'
+        r'(?=[^}]*status="200")[^}]*\} (\S+)$',
+        metrics_text,
+        re.MULTILINE,
+    )
+    return float(line.group(1)) if line else 0.0
+
+
+async def test_metrics_are_prometheus_text(sms):
+    before = live_checks_counted(await sms.metrics())
+    await sms.health_live()
+    after = await sms.metrics()
+    assert "# TYPE sms_http_request_duration_seconds histogram" in after
+    assert live_checks_counted(after) == before + 1
+
+
 async def test_list_and_iterate_states(sms, monkeypatch):
     ids = ["run-1", "run-2", "run-3", "scratch", "team x"]
     for fsa in ids:
@@ -611,6 +657,177 @@ async def test_changes_history_diff_and_lineage(sms):
     assert [(d["fsa_id"], d["version"]) for d in lineage] == [(F, 1), ("other", 1)]
     assert len(await sms.lineage("L1", tenant=T, limit=1)) == 1
     assert await sms.lineage("L1", tenant="globex") == []
+
+
+# ---------------------------------------------------------------- a state's lifecycle
+
+
+async def test_purge_state_erases_it_and_records_the_erasure(seeded, database_url):
+    await seeded.apply_delta(T, F, {"tasks.DESIGN_001.status": "REOPENED"})
+    await seeded.set_ttl(T, F, "1d")
+    await seeded.apply_delta(T, "other", {"x": 1})
+    record = await seeded.purge_state(T, F, actor="dpo")
+    assert (record["action"], record["actor"], record["last_version"]) == ("purge", "dpo", 2)
+    assert (record["tenant_id"], record["fsa_id"], record["removed"]["deltas"]) == (T, F, 2)
+    assert await seeded.get_state(T, F) == State(T, F, 0, {})
+    assert (await seeded.deltas(T, F), await log_count(database_url)) == ([], 0)
+    assert (await seeded.get_ttl(T, F))["expires_after_seconds"] is None
+    assert await seeded.get_state(T, "other") == State(T, "other", 1, {"x": 1})  # the tenant's other state stays
+    assert await seeded.erasures(T, F) == [record]  # the record outlives the state
+
+    again = await seeded.purge_state(T, F)  # a state never written (any more): harmless, and recorded
+    assert (again["last_version"], set(again["removed"].values())) == (0, {0})
+    assert [e["erasure_id"] for e in await seeded.erasures(T, F)] == [again["erasure_id"], record["erasure_id"]]
+    assert [e["erasure_id"] for e in await seeded.erasures(T, F, limit=1)] == [again["erasure_id"]]
+    assert (await seeded.apply_delta(T, F, {"n": 1})).version == 1  # it starts again
+
+
+@pytest.mark.parametrize("action", ["purge", "compact"])
+async def test_a_purge_or_compaction_is_retried_only_when_it_never_reached_the_service(live_url, action):
+    async with StateMemoryClient(live_url) as sms:
+        for n in range(3):
+            await sms.apply_delta(T, F, {"n": n})
+        recorded = []
+        for failure in ("connect", 503, "lost"):
+            transport = FlakyTransport(failure)
+            async with StateMemoryClient(live_url, transport=transport) as flaky:
+                if failure == "connect":  # it certainly never reached the service: retried
+                    erase = flaky.purge_state(T, F) if action == "purge" else flaky.compact(T, F, 1)
+                    assert (await erase)["action"] == action
+                else:  # it may have been done: a retry would record a second erasure
+                    with pytest.raises(ServiceUnavailableError):
+                        await (flaky.purge_state(T, F) if action == "purge" else flaky.compact(T, F, 1))
+            recorded.append((len(transport.requests), len(await sms.erasures(T, F))))
+    # (attempts, erasures recorded so far): the 503 was injected before the service; the lost answer was done
+    assert recorded == [(2, 1), (1, 1), (1, 2)]
+
+
+async def test_compact_and_the_history_compacted_error(sms):
+    for n in range(1, 7):
+        await sms.apply_delta(T, F, {"n": n, f"k{n}": True})
+    record = await sms.compact(T, F, 4, actor="ops")
+    assert (record["action"], record["actor"], record["through_version"], record["last_version"]) == (
+        "compact",
+        "ops",
+        4,
+        6,
+    )
+    assert record["removed"]["deltas"] == 4
+
+    for read in (
+        lambda: sms.get_state(T, F, at_version=3),
+        lambda: sms.deltas(T, F, since=3),
+        lambda: sms.changes_since(T, F, 3),
+        lambda: sms.diff(T, F, 3),
+        lambda: anext(sms.subscribe(T, F, since=3)),
+    ):
+        with pytest.raises(HistoryCompactedError) as caught:
+            await read()
+        assert isinstance(caught.value, NotFoundError)
+        assert (caught.value.status, caught.value.type) == (404, "urn:sms:problem:history-compacted")
+        assert caught.value.history_from == 4
+    assert (await sms.get_state(T, F, at_version=4)).state == {"n": 4, "k1": True, "k2": True, "k3": True, "k4": True}
+    assert [d["version"] for d in await sms.deltas(T, F)] == [5, 6]
+
+    with pytest.raises(HistoryCompactedError):  # before the earlier compaction
+        await sms.compact(T, F, 2)
+    with pytest.raises(NotFoundError) as caught:  # beyond the current version
+        await sms.compact(T, F, 7)
+    assert (type(caught.value), caught.value.type) == (NotFoundError, "urn:sms:problem:not-found")
+    with pytest.raises(ValidationError):
+        await sms.compact(T, F, 0)
+    assert [e["through_version"] for e in await sms.erasures(T, F)] == [4]
+    assert [d["version"] for d in await sms.deltas(T, F)] == [5, 6]
+
+
+async def test_ttl_is_set_read_and_cleared(sms):
+    await sms.apply_delta(T, F, {"n": 1})
+    none = await sms.get_ttl(T, F)
+    assert (none["expires_after_seconds"], none["expires_at"]) == (None, None) and none["last_write_at"]
+    week = await sms.set_ttl(T, F, "7d")
+    assert week["expires_after_seconds"] == 7 * 86400 and week["expires_at"] > week["last_write_at"]
+    assert await sms.get_ttl(T, F) == week
+    assert (await sms.set_ttl(T, F, 90))["expires_after_seconds"] == 90  # whole seconds
+    # more seconds than the service's 6 digits: sent in the largest unit that divides them
+    assert (await sms.set_ttl(T, F, 30 * 86400))["expires_after_seconds"] == 30 * 86400
+    assert (await sms.set_ttl(T, F, None))["expires_after_seconds"] is None
+    await sms.set_ttl(T, F, "2h")
+    cleared = await sms.clear_ttl(T, F)
+    assert (cleared["expires_after_seconds"], cleared["expires_at"]) == (None, None)
+
+    await sms.set_ttl(T, F, "1h")
+    for bad in ("7x", "0d", 0, -60, 1_000_001):
+        with pytest.raises(ValidationError) as caught:
+            await sms.set_ttl(T, F, bad)
+        assert (caught.value.status, caught.value.type) == (422, "urn:sms:problem:invalid-value"), bad
+    assert (await sms.get_ttl(T, F))["expires_after_seconds"] == 3600
+    assert (await sms.get_state(T, F)).version == 1  # a TTL is no delta
+
+
+async def test_subscribe_ends_with_state_purged_error_and_never_resumes(live_url):
+    transport = FlakyTransport()  # no failure: it only records the requests
+    async with StateMemoryClient(live_url, transport=transport) as sms:
+        await sms.apply_delta(T, F, {"n": 1})
+        changes = sms.subscribe(T, F, since=0)
+        assert (await asyncio.wait_for(anext(changes), 30))["version"] == 1
+        following = asyncio.create_task(anext(changes))
+        await sms.purge_state(T, F, actor="dpo")
+        with pytest.raises(StatePurgedError) as caught:
+            await asyncio.wait_for(following, 30)
+        with pytest.raises(StopAsyncIteration):
+            await anext(changes)
+    error = caught.value
+    assert isinstance(error, StateMemoryError) and (error.tenant, error.fsa) == (T, F)
+    assert error.data == {"status": "purged", "tenant_id": T, "fsa_id": F, "last_event_id": "1"}
+    streams = [request for request in transport.requests if request.url.path.endswith("/events")]
+    assert len(streams) == 1  # never reconnected
+
+
+def follow_until_purged(url: str) -> tuple[list[int], StatePurgedError | None]:
+    """A blocking subscribe that purges its state once it has seen a change: the versions seen,
+    and the error that ended the loop."""
+    seen: list[int] = []
+    with SyncStateMemoryClient(url) as sms:
+        try:
+            for change in sms.subscribe(T, F, since=0):
+                seen.append(change["version"])
+                sms.purge_state(T, F)
+        except StatePurgedError as error:
+            return seen, error
+    return seen, None
+
+
+async def test_a_blocking_subscribe_ends_with_state_purged_error(sms, live_url):
+    await sms.apply_delta(T, F, {"n": 1})
+    seen, error = await asyncio.wait_for(asyncio.to_thread(follow_until_purged, live_url), 60)
+    assert seen == [1]
+    assert error is not None and error.data["last_event_id"] == "1"
+    assert [e["action"] for e in await sms.erasures(T, F)] == ["purge"]
+
+
+async def test_lifecycle_and_metrics_need_an_admin_key(db, settings):
+    admin = await make_key(db, [T], "admin")
+    reader = await make_key(db, [T], "read")
+    async with serving(replace(settings, **auth_on())) as url:
+        async with StateMemoryClient(url, api_key=admin.key) as ops, StateMemoryClient(url, api_key=reader.key) as read:
+            await ops.apply_delta(T, F, {"n": 1})
+            await ops.apply_delta(T, F, {"n": 2})
+            for refused in (
+                lambda: read.purge_state(T, F),
+                lambda: read.compact(T, F, 1),
+                lambda: read.erasures(T, F),
+                lambda: read.set_ttl(T, F, "1d"),
+                lambda: read.clear_ttl(T, F),
+                lambda: read.metrics(),
+            ):
+                with pytest.raises(PermissionDeniedError):
+                    await refused()
+            assert (await read.get_ttl(T, F))["expires_after_seconds"] is None  # reading it needs a read key
+            assert (await read.get_state(T, F)).version == 2 and await ops.erasures(T, F) == []
+
+            assert "sms_http_request_duration_seconds" in await ops.metrics()
+            record = await ops.purge_state(T, F, actor="dpo")
+            assert (record["key_id"], record["actor"]) == (admin.key_id, "dpo")
 
 
 # ---------------------------------------------------------------- configuration, keys and auth
@@ -858,3 +1075,46 @@ async def test_subscribe_does_not_take_the_shutdown_event_for_a_change(settings)
             await asyncio.wait_for(following, 60)
     finally:
         await sms.aclose()
+
+
+# ---------------------------------------------------------------- read-your-writes
+
+
+async def test_the_reads_send_min_version(seeded):
+    """Each read that takes min_version sends it: the service answers with it, and refuses a bad one."""
+    reads = {
+        "get_state": lambda at_least: seeded.get_state(T, F, min_version=at_least),
+        "get_summary": lambda at_least: seeded.get_summary(T, F, min_version=at_least),
+        "get_slice": lambda at_least: seeded.get_slice(T, F, "task:*", min_version=at_least),
+        "build_context": lambda at_least: seeded.build_context(T, F, ["task:*"], min_version=at_least),
+        "deltas": lambda at_least: seeded.deltas(T, F, min_version=at_least),
+        "changes_since": lambda at_least: seeded.changes_since(T, F, 0, min_version=at_least),
+        "history": lambda at_least: seeded.history(T, F, "tasks.DESIGN_001.status", min_version=at_least),
+    }
+    for name, read in reads.items():
+        assert await read(1), name
+        with pytest.raises(ValidationError) as caught:
+            await read(-1)
+        assert (caught.value.status, caught.value.type) == (400, "urn:sms:problem:malformed-request"), name
+
+
+async def test_a_read_with_min_version_is_never_older_than_the_write_it_names(settings, request):
+    # the streaming replica of tests/test_replicas.py (skipped where the server cannot be replicated)
+    standby, primary, reading = map(request.getfixturevalue, ("replica", "primary_url", "replicated"))
+    async with serving(replace(settings, **reading)) as url, StateMemoryClient(url) as sms:
+        await sms.apply_delta(T, F, {"tasks.T1.status": "OPEN"})
+        with replay_paused(standby, primary):
+            written = (await sms.apply_delta(T, F, {"tasks.T1.status": "DONE"})).version
+            # without min_version the lagging replica answers, from before the write
+            assert (await sms.get_state(T, F)).version == 1
+            assert (await sms.get_slice(T, F, "task:*")).tasks == {"T1": {"status": "OPEN"}}
+            # with it, the primary does once the replica has not caught up in time
+            assert await sms.get_state(T, F, min_version=written) == State(
+                T, F, 2, {"tasks": {"T1": {"status": "DONE"}}}
+            )
+            assert (await sms.get_slice(T, F, "task:*", min_version=written)).tasks == {"T1": {"status": "DONE"}}
+            assert (await sms.get_summary(T, F, min_version=written)).version == 2
+            assert "(version 2)" in await sms.build_context(T, F, ["task:*"], min_version=written)
+            assert [d["version"] for d in await sms.deltas(T, F, min_version=written)] == [1, 2]
+            assert (await sms.changes_since(T, F, 1, min_version=written))["version"] == 2
+            assert (await sms.history(T, F, "tasks.T1.status", min_version=written))[0]["new"] == "DONE"

@@ -7,11 +7,13 @@
 Transient failures (connection errors, timeouts, 502/503/504, and 429 after its Retry-After) are
 retried with capped exponential backoff and jitter. Writes to a state carry an idempotency key
 (generated when none is given), reused on every retry, so a write answered 503 — which may have
-been applied before the connection was lost — applies exactly once. The two writes that take no
-key (a task comment, a new API key) are retried only when they certainly never reached the
-service. Numbers are exact both ways (decimals are `Decimal`), or with `numbers="float"` plain
-int and float that `json.dumps` takes. Errors are typed exceptions built from the service's
-problem+json; a call never returns None. `SyncStateMemoryClient` is the blocking form.
+been applied before the connection was lost — applies exactly once. The writes that take no key
+(a task comment, a new API key, a purge, a compaction) are retried only when they certainly never
+reached the service. Reads that take `min_version` (the version a write answered) never answer
+from an older version of the state, even when a lagging read replica serves them. Numbers are
+exact both ways (decimals are `Decimal`), or with `numbers="float"` plain int and float that
+`json.dumps` takes. Errors are typed exceptions built from the service's problem+json; a call
+never returns None. `SyncStateMemoryClient` is the blocking form.
 """
 
 from __future__ import annotations
@@ -96,12 +98,36 @@ class NotFoundError(StateMemoryError):
     """404: no such route, version, task, key, or a tenant the key does not name."""
 
 
+class HistoryCompactedError(NotFoundError):
+    """404: the version asked for (or the log after it) was compacted away; the state's history
+    now starts at `history_from`."""
+
+    @property
+    def history_from(self) -> int | None:
+        return self.body.get("history_from") if isinstance(self.body, dict) else None
+
+
 class PayloadTooLargeError(StateMemoryError):
     """413: a body, value or count is over the service's limits."""
 
 
 class ServiceUnavailableError(StateMemoryError):
     """The service stayed unavailable (502/503/504 or no connection) through every retry."""
+
+
+class StatePurgedError(StateMemoryError):
+    """The state a subscription followed was purged (by an admin, or its TTL ran out): what it
+    delivered is gone and the subscription has ended (there is nothing to resume). `data` is the
+    service's notice: {"status": "purged", "tenant_id", "fsa_id", "last_event_id"}."""
+
+    def __init__(self, tenant: str, fsa: str | None, data: Any) -> None:
+        super().__init__(f"{tenant}/{fsa} was purged", body=data)
+        self.tenant = tenant
+        self.fsa = fsa
+
+    @property
+    def data(self) -> Any:
+        return self.body
 
 
 _ERRORS: dict[int, type[StateMemoryError]] = {
@@ -116,6 +142,11 @@ _ERRORS: dict[int, type[StateMemoryError]] = {
     502: ServiceUnavailableError,
     503: ServiceUnavailableError,
     504: ServiceUnavailableError,
+}
+# problem types with an error class more precise than their status's
+_PROBLEM_TYPES: dict[str, type[StateMemoryError]] = {
+    "urn:sms:problem:policy-violation": PolicyViolationError,
+    "urn:sms:problem:history-compacted": HistoryCompactedError,
 }
 
 
@@ -223,12 +254,10 @@ def _problem(status: int, body: Any, fallback: str) -> StateMemoryError:
     """The typed exception of a problem+json body (or of a status alone, when the body is none)."""
     if isinstance(body, dict):
         detail = str(body.get("detail") or body.get("title") or fallback)
-        problem_type = body.get("type")
+        problem_type = body.get("type") if isinstance(body.get("type"), str) else None
     else:
         detail, problem_type = fallback, None
-    error = _ERRORS.get(status, StateMemoryError)
-    if problem_type == "urn:sms:problem:policy-violation":
-        error = PolicyViolationError
+    error = _PROBLEM_TYPES.get(problem_type) or _ERRORS.get(status, StateMemoryError)
     return error(detail, status=status, type=problem_type, body=body)
 
 
@@ -246,6 +275,15 @@ def _backoff(attempt: int, response: httpx.Response | None = None) -> float:
     if asked.isdigit():
         return min(BACKOFF_CAP * 5, float(asked))
     return min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def _duration(seconds: int) -> str:
+    """Whole seconds as the service writes a duration, in the largest unit that divides them
+    (its numbers have at most 6 digits: 2592000 seconds is "30d")."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def _given(**params: Any) -> dict[str, Any]:
@@ -297,15 +335,21 @@ class StateMemoryClient:
 
     # ---------------------------------------------------------------- reading a state
 
-    async def get_state(self, tenant: str, fsa: str, at_version: int | None = None) -> State:
+    async def get_state(
+        self, tenant: str, fsa: str, at_version: int | None = None, *, min_version: int | None = None
+    ) -> State:
         """The whole state (`{}` at version 0 when never written), or exactly as it was at
-        `at_version` (NotFoundError for a version it never had)."""
-        params = {"version": at_version}
+        `at_version` (NotFoundError for a version it never had, HistoryCompactedError for one
+        compacted away). With `min_version`, never an older version than that."""
+        params = {"version": at_version, "min_version": min_version}
         return _build(State, await self._request("GET", _state_path(tenant, fsa), params=params))
 
-    async def get_summary(self, tenant: str, fsa: str, max_tokens: int | None = None) -> Summary:
-        """A summary of the whole state within `max_tokens` (the service's default when None)."""
-        params = {"summary": "true", "max_tokens": max_tokens}
+    async def get_summary(
+        self, tenant: str, fsa: str, max_tokens: int | None = None, *, min_version: int | None = None
+    ) -> Summary:
+        """A summary of the whole state within `max_tokens` (the service's default when None), of
+        version `min_version` or a newer one when given."""
+        params = {"summary": "true", "max_tokens": max_tokens, "min_version": min_version}
         return _build(Summary, await self._request("GET", _state_path(tenant, fsa), params=params))
 
     async def get_slice(
@@ -317,26 +361,39 @@ class StateMemoryClient:
         order: str | None = None,
         where: str | None = None,
         max_tokens: int | None = None,
+        *,
+        min_version: int | None = None,
     ) -> StateSlice:
         """The entries matching `pattern` (one spec, comma-separated specs, or a list of them),
         at most `k` per spec by `order` ("key" or "recent"), filtered by the jsonpath predicate
-        `where`, with their summary."""
+        `where`, with their summary; of version `min_version` or a newer one when given."""
         params = {
             "slice": [pattern] if isinstance(pattern, str) else list(pattern),
             "k": k,
             "order": order,
             "where": where,
             "max_tokens": max_tokens,
+            "min_version": min_version,
         }
         return _build(StateSlice, await self._request("GET", _state_path(tenant, fsa, "/slice"), params=params))
 
     async def build_context(
-        self, tenant: str, fsa: str, patterns: list[str], k: int | None = None, max_tokens: int | None = None
+        self,
+        tenant: str,
+        fsa: str,
+        patterns: list[str],
+        k: int | None = None,
+        max_tokens: int | None = None,
+        *,
+        min_version: int | None = None,
     ) -> str:
         """One prompt block: the summaries of several slices under a heading naming the state and
-        its version (the newest of the slices read)."""
+        its version (the newest of the slices read; each of `min_version` or newer when given)."""
         slices = await asyncio.gather(
-            *(self.get_slice(tenant, fsa, pattern, k=k, max_tokens=max_tokens) for pattern in patterns)
+            *(
+                self.get_slice(tenant, fsa, pattern, k=k, max_tokens=max_tokens, min_version=min_version)
+                for pattern in patterns
+            )
         )
         version = max((view.version for view in slices), default=0)
         blocks = [f"## Shared state {tenant}/{fsa} (version {version})"]
@@ -485,15 +542,65 @@ class StateMemoryClient:
         path = f"/tasks/{_segment(tenant)}/{_segment(fsa)}/{_segment(task)}/comment"
         return await self._request("POST", path, content=jsontext.encode(comment), replayable=False)
 
+    # ---------------------------------------------------------------- a state's lifecycle
+
+    async def purge_state(self, tenant: str, fsa: str, *, actor: str | None = None) -> dict[str, Any]:
+        """Erase the state when a person asks: its entries, log, history, comments, summaries,
+        aliases, policies and TTL. It then reads as never written (version 0), and its
+        subscriptions end with StatePurgedError. The answer is the erasure's record, kept after
+        the state: {"erasure_id", "action": "purge", "actor" (the key's, else `actor`), "key_id",
+        "erased_at", "last_version", "removed": rows removed per table, …}. Needs an admin key.
+        Retried only when it certainly never reached the service (a repeat would be recorded as a
+        second erasure): after a lost answer it raises ServiceUnavailableError, and `erasures`
+        tells whether it was done; purging again is harmless."""
+        return await self._request("DELETE", _state_path(tenant, fsa), params={"actor": actor}, replayable=False)
+
+    async def compact(self, tenant: str, fsa: str, before_version: int, *, actor: str | None = None) -> dict[str, Any]:
+        """Drop the state's log and history before a snapshot at `before_version` (1 up to the
+        current version). The state from that version on reads as before; an older version, or
+        the log after one, is then a HistoryCompactedError. The answer is the erasure's record
+        ("action": "compact", "through_version": before_version, …). Needs an admin key; retried
+        as `purge_state` is, for the same reason."""
+        path = _state_path(tenant, fsa, "/compact")
+        params = {"before_version": before_version, "actor": actor}
+        return await self._request("POST", path, params=params, replayable=False)
+
+    async def erasures(self, tenant: str, fsa: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+        """The records of the state's purges and compactions, newest first (the last `limit`,
+        default 100): who asked, when, the version then and the rows removed. Needs an admin key."""
+        return (await self._request("GET", _state_path(tenant, fsa, "/erasures"), params={"limit": limit}))["erasures"]
+
+    async def get_ttl(self, tenant: str, fsa: str) -> dict[str, Any]:
+        """The state's TTL: {"expires_after_seconds", "last_write_at", "expires_at"} (nulls when it
+        has none; no last write when it was never written)."""
+        return await self._request("GET", _state_path(tenant, fsa, "/ttl"))
+
+    async def set_ttl(self, tenant: str, fsa: str, expires_after: str | int | None) -> dict[str, Any]:
+        """Purge the state once it goes `expires_after` without a delta: "7d" (s, m, h, d or w) or
+        whole seconds; None clears it. For per-run scratch states. The TTL after, as `get_ttl`.
+        Needs an admin key."""
+        given = _duration(expires_after) if isinstance(expires_after, int) else expires_after
+        path = _state_path(tenant, fsa, "/ttl")
+        return await self._request("PUT", path, content=jsontext.encode({"expires_after": given}))
+
+    async def clear_ttl(self, tenant: str, fsa: str) -> dict[str, Any]:
+        """Clear the state's TTL: it is kept until purged. The TTL after, as `get_ttl`. Needs an admin key."""
+        return await self._request("DELETE", _state_path(tenant, fsa, "/ttl"))
+
     # ---------------------------------------------------------------- history and lineage
 
-    async def deltas(self, tenant: str, fsa: str, since: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        """The delta log after version `since`, oldest first: all of it, or the first `limit` deltas."""
+    async def deltas(
+        self, tenant: str, fsa: str, since: int = 0, limit: int | None = None, *, min_version: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The delta log after version `since`, oldest first: all of it, or the first `limit` deltas;
+        up to version `min_version` at least, when given. HistoryCompactedError when `since` is
+        before the state's compaction (0 reads the whole kept log)."""
         collected: list[dict[str, Any]] = []
         path = _state_path(tenant, fsa, "/deltas")
         while limit is None or len(collected) < limit:
             size = DELTA_PAGE if limit is None else min(DELTA_PAGE, limit - len(collected))
-            page = await self._request("GET", path, params={"since": since, "limit": size})
+            params = {"since": since, "limit": size, "min_version": min_version}
+            page = await self._request("GET", path, params=params)
             collected.extend(page["deltas"])
             if not page["more"] or not page["deltas"]:
                 break
@@ -501,19 +608,30 @@ class StateMemoryClient:
         return collected
 
     async def changes_since(
-        self, tenant: str, fsa: str, version: int, *, slice: str | None = None, max_tokens: int | None = None
+        self,
+        tenant: str,
+        fsa: str,
+        version: int,
+        *,
+        slice: str | None = None,
+        max_tokens: int | None = None,
+        min_version: int | None = None,
     ) -> dict[str, Any]:
         """What changed after `version` (touching `slice`, when given): {"digest": LLM-ready text
         within `max_tokens`, "changes": each changed path once with its old and new value,
-        "version", "deltas", "actors", "lineages", …}."""
-        params = {"since": version, "slice": slice, "max_tokens": max_tokens}
+        "version", "deltas", "actors", "lineages", …}; up to version `min_version` at least, when
+        given."""
+        params = {"since": version, "slice": slice, "max_tokens": max_tokens, "min_version": min_version}
         return await self._request("GET", _state_path(tenant, fsa, "/changes"), params=params)
 
-    async def history(self, tenant: str, fsa: str, path: str, *, limit: int | None = None) -> list[dict[str, Any]]:
+    async def history(
+        self, tenant: str, fsa: str, path: str, *, limit: int | None = None, min_version: int | None = None
+    ) -> list[dict[str, Any]]:
         """Who changed the dotted `path`, when, from what to what, newest first: each {"version",
         "actor", "lineage_id", "created_at", "old", "new"} (`old`/`new` are left out where the path
-        did not exist before / does not exist after); the last `limit` changes (default 100)."""
-        params = {"path": path, "limit": limit}
+        did not exist before / does not exist after); the last `limit` changes (default 100), up to
+        version `min_version` at least, when given."""
+        params = {"path": path, "limit": limit, "min_version": min_version}
         return (await self._request("GET", _state_path(tenant, fsa, "/history"), params=params))["changes"]
 
     async def diff(self, tenant: str, fsa: str, from_version: int, to_version: int | None = None) -> dict[str, Any]:
@@ -542,7 +660,9 @@ class StateMemoryClient:
         or with no fsa of every state of the tenant (then `since` is an event id "fsa:version").
         Only changes touching `slice`, when given. Each change is a delta's metadata and ops with
         its fsa_id and version. A broken stream (or one the service ends as it shuts down) is
-        resumed after the last change received, so nothing is missed or repeated."""
+        resumed after the last change received, so nothing is missed or repeated. When the state
+        is purged, the iteration ends raising StatePurgedError; HistoryCompactedError when `since`
+        is before the state's compaction."""
         path = _state_path(tenant, fsa, "/events") if fsa is not None else "/events"
         params = _given(slice=slice) if fsa is not None else _given(tenant=tenant, slice=slice)
         last = None if since is None else str(since)
@@ -571,6 +691,8 @@ class StateMemoryClient:
                                 change = self._decode("\n".join(data))
                                 last = event_id or last
                                 yield change
+                            elif event == "purged":  # its versions start again from 0: no resuming
+                                raise StatePurgedError(tenant, fsa, self._decode("\n".join(data)) if data else None)
                             event, data = None, []
             except TRANSIENT_ERRORS as exc:
                 if attempt >= self.retries:
@@ -633,6 +755,22 @@ class StateMemoryClient:
         when the service or its database stays down through every retry."""
         return await self._request("GET", "/health")
 
+    async def health_live(self) -> dict[str, Any]:
+        """{"status": "ok"}: the service's process answers (it asks nothing of the database)."""
+        return await self._request("GET", "/health/live")
+
+    async def health_ready(self) -> dict[str, Any]:
+        """{"status": "ready", "schema_revision"}: the service may be sent requests (its database
+        answers and is migrated, and it is not shutting down). When it is not, a 503 not-ready,
+        retried like any 503, and then raised as ServiceUnavailableError with `type`
+        "urn:sms:problem:not-ready" and a `detail` saying why (`retries=0` asks once)."""
+        return await self._request("GET", "/health/ready")
+
+    async def metrics(self) -> str:
+        """The service's metrics in Prometheus's text format. Needs an admin key (unless the
+        service makes them public)."""
+        return (await self._send("GET", "/metrics")).text
+
     # ---------------------------------------------------------------- requests
 
     async def _write(
@@ -662,7 +800,26 @@ class StateMemoryClient:
         headers: dict[str, str] | None = None,
         replayable: bool = True,
     ) -> Any:
-        """The decoded JSON answer; transient failures are retried, errors raised as exceptions.
+        """The decoded JSON answer of `_send`."""
+        response = await self._send(
+            method, path, params=params, content=content, headers=headers, replayable=replayable
+        )
+        try:
+            return self._decode(response.content)
+        except msgspec.DecodeError as exc:
+            raise StateMemoryError("the answer is not JSON", status=response.status_code) from exc
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        replayable: bool = True,
+    ) -> httpx.Response:
+        """The successful answer; transient failures are retried, errors raised as exceptions.
         A request that is not `replayable` (a write without an idempotency key) is retried only
         after failures that prove the service never acted on it."""
         params = _given(**(params or {}))
@@ -687,10 +844,7 @@ class StateMemoryClient:
             attempt += 1
         if not response.is_success:
             raise _error(response, self._decode)
-        try:
-            return self._decode(response.content)
-        except msgspec.DecodeError as exc:
-            raise StateMemoryError("the answer is not JSON", status=response.status_code) from exc
+        return response
 
 
 _END = object()  # what an iterator step returns when the iterator is exhausted
