@@ -53,8 +53,12 @@ def write_requests(spare_key_id: str) -> dict[tuple[str, str], tuple[str, object
             {"rules": [{"path": "n", "min": 0}]},
         ),
         ("PUT", "/tenants/{tenant_id:str}/policies"): (f"/tenants/{T}/policies", {"rules": [{"path": "m", "max": 9}]}),
+        ("PUT", "/state/{tenant_id:str}/{fsa_id:str}/ttl"): (f"/state/{T}/{F}/ttl", {"expires_after": "7d"}),
+        ("DELETE", "/state/{tenant_id:str}/{fsa_id:str}/ttl"): (f"/state/{T}/{F}/ttl", None),
+        ("POST", "/state/{tenant_id:str}/{fsa_id:str}/compact"): (f"/state/{T}/{F}/compact?before_version=1", None),
         ("POST", "/keys"): ("/keys", {"tenants": [T], "scopes": ["read"]}),
         ("DELETE", "/keys/{key_id:str}"): (f"/keys/{spare_key_id}", None),
+        ("DELETE", "/state/{tenant_id:str}/{fsa_id:str}"): (f"/state/{T}/{F}", None),  # the purge, last
     }
 
 
