@@ -17,8 +17,7 @@ from litestar.status_codes import HTTP_200_OK
 from app.api.auth import ADMIN, READ
 from app.api.routes import JSON, Caller, Db, FsaId, TenantId, check_ids, json_response
 from app.api.schemas import COMMON, WRITES, Answer, ExpiryRequest, documented
-from app.domain.delta import MAX_VERSION, decode_body
-from app.domain.ids import check_id
+from app.domain.delta import MAX_VERSION, claimed_actor, decode_body
 from app.domain.keys import Principal, parse_duration
 from app.errors import Problem, malformed
 from app.settings import Settings
@@ -29,10 +28,7 @@ EXPIRY = Answer("Expiry", "The state's TTL")
 
 def _actor(request: Request, principal: Principal, settings: Settings) -> str | None:
     """Who asks: the key's actor, or the one the request names (`actor`, X-Actor)."""
-    actor = principal.actor or request.query_params.get("actor") or request.headers.get("x-actor")
-    if actor is not None:
-        check_id("actor", actor, settings.limits.max_id_length)
-    return actor
+    return principal.actor or claimed_actor(dict(request.query_params), dict(request.headers), settings.limits)
 
 
 @delete(

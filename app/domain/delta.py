@@ -301,9 +301,17 @@ KNOWN_PARAMS = {"actor", "lineage_id", "delta_id", "expected_version", "tenant_i
 MAX_META_PARAMS = 20
 
 
+def claimed_actor(params: dict[str, str], headers: dict[str, str], limits: Limits) -> str | None:
+    """The actor a request names: its `actor` parameter, else its X-Actor header; checked."""
+    actor = _given(params, "actor", headers, "x-actor")
+    if actor is not None:
+        check_id("actor", actor, limits.max_id_length)
+    return actor
+
+
 def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) -> WriteMeta:
     """Metadata from query parameters, or else headers (DESIGN §4.1). Header names are lower case."""
-    actor = _given(params, "actor", headers, "x-actor")
+    actor = claimed_actor(params, headers, limits)
     lineage_id = _given(params, "lineage_id", headers, "x-lineage-id")
     trace_id = parent_id = None
     traceparent = headers.get("traceparent")
@@ -317,7 +325,7 @@ def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) 
     expected = _given(params, "expected_version", headers, "if-match")
     if expected is not None and "expected_version" not in params:
         expected = _if_match(expected)
-    for name, value in (("actor", actor), ("lineage_id", lineage_id), ("delta_id", key)):
+    for name, value in (("lineage_id", lineage_id), ("delta_id", key)):
         if value is not None:
             # a lineage is read back at /lineage/{lineage_id}: it must be a path segment
             check_id(name, value, limits.max_id_length, segment=name == "lineage_id")
