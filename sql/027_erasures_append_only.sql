@@ -20,4 +20,4 @@ CREATE TRIGGER erasures_append_only
 
 CREATE TRIGGER erasures_no_truncate
     BEFORE TRUNCATE ON sms.erasures
-    FOR EACH STATEMENT EXECUTE FUNCTION sms.refuse_log_change();
+    FOR EACH STATEMENT EXECUTE FUNCTION sms.refuse_log_change('erasures');

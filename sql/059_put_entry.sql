@@ -7,8 +7,9 @@ CREATE OR REPLACE FUNCTION sms.put_entry(p_tenant_id text, p_fsa_id text, p_coll
                                          p_version bigint, OUT entry_delta bigint, OUT byte_delta bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_was text := sms.entry_status(p_old);
-    v_is  text := sms.entry_status(p_new);
+    v_was    text := sms.entry_status(p_old);
+    v_is     text := sms.entry_status(p_new);
+    v_family text;
 BEGIN
     entry_delta := 0;
     byte_delta := coalesce(octet_length(p_new::text), 0) - coalesce(octet_length(p_old::text), 0);
@@ -34,17 +35,19 @@ BEGIN
          WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
            AND NOT is_member AND member = '' AND version < p_version;
         -- the counts of the member's key family, and of the whole collection when they change
-        -- (the marker row above already has the collection's latest change)
-        INSERT INTO sms.member_counts AS c (tenant_id, fsa_id, collection, family, members, statuses, version)
-        SELECT p_tenant_id, p_fsa_id, p_collection, f.family, entry_delta,
-               sms.tally(sms.tally('{}', v_was, -1), v_is, 1), p_version
-          FROM (VALUES (CASE WHEN entry_delta <> 0 OR v_was IS DISTINCT FROM v_is THEN '' END),
-                       (sms.key_family(p_member))) f(family)
-         WHERE f.family IS NOT NULL
-        ON CONFLICT (tenant_id, fsa_id, collection, family) DO UPDATE
-           SET members = c.members + EXCLUDED.members,
-               statuses = sms.tally(sms.tally(c.statuses, v_was, -1), v_is, 1),
-               version = EXCLUDED.version;
+        -- (the marker row above already has the collection's latest change): an INSERT … VALUES
+        -- per row, which Citus can route with these variables (an INSERT … SELECT it cannot)
+        FOREACH v_family IN ARRAY ARRAY[CASE WHEN entry_delta <> 0 OR v_was IS DISTINCT FROM v_is THEN '' END,
+                                        sms.key_family(p_member)] LOOP
+            CONTINUE WHEN v_family IS NULL;
+            INSERT INTO sms.member_counts AS c (tenant_id, fsa_id, collection, family, members, statuses, version)
+            VALUES (p_tenant_id, p_fsa_id, p_collection, v_family, entry_delta,
+                    sms.tally(sms.tally('{}', v_was, -1), v_is, 1), p_version)
+            ON CONFLICT (tenant_id, fsa_id, collection, family) DO UPDATE
+               SET members = c.members + EXCLUDED.members,
+                   statuses = sms.tally(sms.tally(c.statuses, v_was, -1), v_is, 1),
+                   version = EXCLUDED.version;
+        END LOOP;
     END IF;
     IF p_new IS DISTINCT FROM p_old THEN
         INSERT INTO sms.entry_history (tenant_id, fsa_id, collection, is_member, member, version, value)

@@ -3,7 +3,8 @@
 -- and when a migration fills the table. Cost ∝ the collection's members.
 CREATE OR REPLACE FUNCTION sms.count_members(p_tenant_id text, p_fsa_id text, p_collection text, p_version bigint)
 RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
     DELETE FROM sms.member_counts
      WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection;
     INSERT INTO sms.member_counts (tenant_id, fsa_id, collection, family, members, statuses, version)
@@ -16,4 +17,5 @@ LANGUAGE sql AS $$
                AND e.is_member AND f.family IS NOT NULL
              GROUP BY 1, 2) c
      GROUP BY c.family;
+END;
 $$;

@@ -6,15 +6,21 @@
 CREATE OR REPLACE FUNCTION sms.first_entries(p_tenant_id text, p_fsa_id text, p_part jsonb, p_path text[],
                                              p_where jsonpath, p_order text, p_k integer)
 RETURNS TABLE (member text, value jsonb, version bigint)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    (SELECT s.member, s.value, s.version
-       FROM sms.slice_entries(p_tenant_id, p_fsa_id, p_part) s
-      WHERE p_order = 'key' AND s.value #> p_path IS NOT NULL
-        AND (p_where IS NULL OR jsonb_path_exists(s.value, p_where, '{}', true))
-      ORDER BY lower(s.member COLLATE "C"), s.member COLLATE "C"
-      LIMIT p_k)
-    UNION ALL
-    SELECT r.member, r.value, r.version
-      FROM sms.recent_entries(p_tenant_id, p_fsa_id, p_part, p_path, p_where, p_k) r
-     WHERE p_order = 'recent';
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    IF p_order = 'key' THEN
+        RETURN QUERY
+        SELECT e.member, e.value, e.version
+          FROM sms.entries e
+         WHERE e.tenant_id = p_tenant_id AND e.fsa_id = p_fsa_id
+           AND sms.part_covers(p_part, e.collection, e.is_member, e.member)
+           AND e.value #> p_path IS NOT NULL
+           AND (p_where IS NULL OR jsonb_path_exists(e.value, p_where, '{}', true))
+         ORDER BY lower(e.member), e.member
+         LIMIT p_k;
+    ELSIF p_order = 'recent' THEN
+        RETURN QUERY SELECT r.member, r.value, r.version
+                       FROM sms.recent_entries(p_tenant_id, p_fsa_id, p_part, p_path, p_where, p_k) r;
+    END IF;
+END;
 $$;

@@ -59,8 +59,10 @@ BEGIN
                 SELECT coalesce(sum(c.n), 0), jsonb_object_agg(c.status, c.n) FILTER (WHERE c.status IS NOT NULL)
                   INTO v_matched, v_counts
                   FROM (SELECT sms.entry_status(s.value) AS status, count(*) AS n
-                          FROM sms.slice_entries(p_tenant_id, p_fsa_id, v_part) s
-                         WHERE s.value #> v_path IS NOT NULL
+                          FROM sms.entries s
+                         WHERE s.tenant_id = p_tenant_id AND s.fsa_id = p_fsa_id
+                           AND sms.part_covers(v_part, s.collection, s.is_member, s.member)
+                           AND s.value #> v_path IS NOT NULL
                            AND (p_where IS NULL OR jsonb_path_exists(s.value, p_where, '{}', true))
                          GROUP BY 1) c;
             END IF;

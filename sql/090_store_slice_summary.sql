@@ -5,6 +5,8 @@
 CREATE OR REPLACE FUNCTION sms.store_slice_summary(p_tenant_id text, p_fsa_id text, p_read jsonb, p_summary text)
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_now timestamptz := now();  -- a value: Citus refuses now() in an upsert's SET
 BEGIN
     PERFORM sms.state_fence(p_tenant_id, p_fsa_id);
     IF (p_read ->> 'version')::bigint > sms.current_version(p_tenant_id, p_fsa_id) THEN
@@ -21,7 +23,7 @@ BEGIN
        SET version = EXCLUDED.version, fingerprint = EXCLUDED.fingerprint, coarse = EXCLUDED.coarse,
            result = EXCLUDED.result,
            summary = EXCLUDED.summary, slice_bytes = EXCLUDED.slice_bytes,
-           summary_chars = EXCLUDED.summary_chars, created_at = now(), last_used_at = now()
+           summary_chars = EXCLUDED.summary_chars, created_at = v_now, last_used_at = v_now
      WHERE c.version <= EXCLUDED.version;
 
     DELETE FROM sms.summary_cache

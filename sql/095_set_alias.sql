@@ -10,6 +10,7 @@ RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     v_alias text := lower(p_alias COLLATE "C");
+    v_now   timestamptz := now();  -- a value: Citus refuses now() in an upsert's SET
 BEGIN
     PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, ''));
     IF v_alias IS NULL OR v_alias !~ '^[a-z][a-z0-9_-]{0,62}$' THEN
@@ -28,7 +29,7 @@ BEGIN
     ELSE
         INSERT INTO sms.slice_aliases AS a (tenant_id, fsa_id, alias, collection)
         VALUES (p_tenant_id, p_fsa_id, v_alias, p_collection)
-        ON CONFLICT (tenant_id, fsa_id, alias) DO UPDATE SET collection = EXCLUDED.collection, created_at = now();
+        ON CONFLICT (tenant_id, fsa_id, alias) DO UPDATE SET collection = EXCLUDED.collection, created_at = v_now;
         IF (SELECT count(*) FROM sms.slice_aliases WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id) > 100 THEN
             RAISE EXCEPTION USING ERRCODE = 'SM009', MESSAGE = 'a state has at most 100 aliases of its own';
         END IF;

@@ -4,8 +4,12 @@
 CREATE OR REPLACE FUNCTION sms.entry_at(p_tenant_id text, p_fsa_id text, p_collection text, p_is_member boolean,
                                         p_member text, p_version bigint)
 RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    v_value jsonb;
+BEGIN
     SELECT CASE WHEN h.found THEN h.value ELSE s.value END
+      INTO v_value
       FROM (SELECT true AS found, value FROM sms.entry_history
              WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
                AND is_member = p_is_member AND member = p_member AND version <= p_version
@@ -16,4 +20,6 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                     AND e.version = (SELECT max(version) FROM sms.snapshots
                                       WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND version <= p_version)) s
         ON true;
+    RETURN v_value;
+END;
 $$;

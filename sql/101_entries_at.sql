@@ -3,7 +3,9 @@
 -- plus at most sms.snapshot_every() versions of changes, however far back the version is.
 CREATE OR REPLACE FUNCTION sms.entries_at(p_tenant_id text, p_fsa_id text, p_version bigint)
 RETURNS TABLE (collection text, is_member boolean, member text, value jsonb)
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN QUERY
     WITH snap AS (
         SELECT coalesce(max(version), 0) AS version FROM sms.snapshots
          WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND version <= p_version
@@ -20,4 +22,5 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
      WHERE e.tenant_id = p_tenant_id AND e.fsa_id = p_fsa_id AND e.version = snap.version
        AND NOT EXISTS (SELECT FROM recent r
                         WHERE r.collection = e.collection AND r.is_member = e.is_member AND r.member = e.member);
+END;
 $$;

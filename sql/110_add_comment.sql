@@ -1,14 +1,17 @@
 -- sms.add_comment(tenant, fsa, task_id, author, body, is_blocker, lineage_id): appends a comment
 -- to an existing task (tasks.<task_id>); SM010 (not found) and nothing stored when there is no
--- such task. Bodies are markdown, 1 to 65536 characters. Returns the stored comment. Takes the
--- state's fence (sms.state_fence), so that a purge under way is never passed.
+-- such task. Bodies are markdown, 1 to 65536 characters. Returns the stored comment, whose id is
+-- the state's next (sms.states.comments, counted on the state's row: a comment waits for a delta
+-- being applied to the state to commit). Takes the state's fence (sms.state_fence), so that a
+-- purge under way is never passed.
 CREATE OR REPLACE FUNCTION sms.add_comment(p_tenant_id text, p_fsa_id text, p_task_id text, p_author text,
                                            p_body text, p_is_blocker boolean DEFAULT false,
                                            p_lineage_id text DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_comment sms.task_comments;
+    v_comment_id bigint;
+    v_comment    sms.task_comments;
 BEGIN
     PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, '')),
             sms.check_id('task_id', coalesce(p_task_id, '')), sms.check_id('author', coalesce(p_author, '')),
@@ -23,8 +26,12 @@ BEGIN
             MESSAGE = format('task %s does not exist in %s/%s', p_task_id, p_tenant_id, p_fsa_id),
             DETAIL = jsonb_build_object('path', sms.format_path(ARRAY['tasks', p_task_id]))::text;
     END IF;
-    INSERT INTO sms.task_comments (tenant_id, fsa_id, task_id, author, body, is_blocker, lineage_id)
-    VALUES (p_tenant_id, p_fsa_id, p_task_id, p_author, p_body, coalesce(p_is_blocker, false), p_lineage_id)
+    UPDATE sms.states SET comments = comments + 1
+     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id
+    RETURNING comments INTO v_comment_id;
+    INSERT INTO sms.task_comments (tenant_id, fsa_id, task_id, comment_id, author, body, is_blocker, lineage_id)
+    VALUES (p_tenant_id, p_fsa_id, p_task_id, v_comment_id, p_author, p_body, coalesce(p_is_blocker, false),
+            p_lineage_id)
     RETURNING * INTO v_comment;
     RETURN to_jsonb(v_comment);
 END;

@@ -308,6 +308,42 @@ async def test_path_history_new_value_of_an_old_write_to_a_whole_collection(conn
     await path_history_case(conn, [{"tasks": {"A": {"status": "OPEN"}}}, {"tasks.B.status": "NEW"}])
 
 
+async def test_path_history_reads_values_as_value_at_does_across_snapshots_and_a_compaction(conn):
+    """The view reads the history and the snapshots itself (a statement that reads a table may not
+    call one that reads another on Citus): its values are sms.value_at's, also after a compaction
+    and where an entry has no history, only snapshots."""
+    await conn.execute("SET sms.snapshot_every = 3; SET sms.notify = off")
+    for i in range(1, 201):
+        delta = [
+            {"tasks": {f"T{i % 5}": {"s": i}}},
+            {f"tasks.T{i % 4}.s": i},
+            {f"tasks.T{i % 6}": {"$unset": True}},
+            {"phase": f"p{i}"},
+            {"tasks": {"$merge": {f"M{i % 3}": i}}},
+            {"metrics.n": {"$inc": 1}, "phase": {"x": i}},
+            {f"tasks.T{i % 5}.s": {"$max": i % 10}},
+        ][i % 7]
+        await apply_delta(conn, delta, "t", f"f{i % 3}")
+    await conn.execute("SELECT sms.compact('t', 'f1', 40, 'ops', NULL)")
+    # f2's entries as if written before history was kept (revision 0004): read from its snapshots
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO sms.erasures (tenant_id, fsa_id, action, last_version, through_version)"
+            " VALUES ('t', 'f2', 'compact', 67, 40)"
+        )
+        await conn.execute("DELETE FROM sms.entry_history WHERE tenant_id = 't' AND fsa_id = 'f2' AND version <= 40")
+    expected = await conn.fetch(
+        """SELECT d.fsa_id, d.version, sms.format_path(k.keys) AS path, '$' || (o.op ->> 'op') AS operator,
+                  sms.value_at(d.tenant_id, d.fsa_id, k.keys, d.version)::text AS new_value
+             FROM sms.deltas d
+            CROSS JOIN LATERAL jsonb_array_elements(d.ops) o(op)
+            CROSS JOIN LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(o.op -> 'path'))) k(keys)"""
+    )
+    got = await conn.fetch("SELECT fsa_id, version, path, operator, new_value::text FROM sms.path_history")
+    assert len(expected) > 150 and await conn.fetchval("SELECT count(*) FROM sms.snapshots") > 50
+    assert sorted(map(tuple, got), key=repr) == sorted(map(tuple, expected), key=repr)
+
+
 # ---------------------------------------------------------------- lineage over HTTP
 
 

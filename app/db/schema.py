@@ -11,7 +11,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Double,
-    Identity,
     Integer,
     Interval,
     LargeBinary,
@@ -48,6 +47,7 @@ states = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("expires_after", Interval),
+    Column("comments", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant_id", "fsa_id"),
 )
 
@@ -172,7 +172,7 @@ task_comments = Table(
     Column("tenant_id", Text, nullable=False),
     Column("fsa_id", Text, nullable=False),
     Column("task_id", Text, nullable=False),
-    Column("comment_id", BigInteger, Identity(always=True), nullable=False),
+    Column("comment_id", BigInteger, nullable=False),
     Column("author", Text, nullable=False),
     Column("body", Text, nullable=False),
     Column("is_blocker", Boolean, nullable=False),
