@@ -41,7 +41,7 @@ from app.errors import Problem
 
 log = logging.getLogger(__name__)
 
-HELD_BACK_RETRY = 0.02  # seconds before a tenant feed looks again for deltas still held back
+HELD_BACK_RETRY = 0.02  # seconds before a feed reading replicas looks again for what they have not replayed
 MAX_QUEUED_PAGES = 256  # pages a subscriber may fall behind its reader before it reads the log itself
 GATHER_PER_SUBSCRIBER = 0.0002  # seconds a reader lets changes gather after a page, per subscriber...
 MAX_GATHER = 0.1  # ... and at most (500 subscribers: 10 pages a second each, whatever the write rate)
@@ -112,8 +112,7 @@ class _Reader:
                     await asyncio.sleep(self.pause)
                 notified = await _wait(wakeup.event, feed.poll_interval if retry == 0 else retry)
                 # a replica may not have replayed yet what a notification announced
-                in_order = self.fsa_id is not None and not db.replicas
-                retry = feed._next_retry(retry, rows, notified, one_state=in_order)
+                retry = feed._next_retry(retry, rows, notified, replicas=bool(db.replicas))
         finally:
             feed.listener.unregister(wakeup)
 
@@ -347,18 +346,18 @@ class Feed:
             if self._readers.get((reader.tenant_id, reader.fsa_id)) is reader:
                 del self._readers[reader.tenant_id, reader.fsa_id]
 
-    def _next_retry(self, retry: float, rows: list | None, notified: bool, *, one_state: bool) -> float:
+    def _next_retry(self, retry: float, rows: list | None, notified: bool, *, replicas: bool) -> float:
         """How soon to read the log again (0: at the next notification or poll).
 
-        A tenant feed reads only below the oldest running transaction, so a committed delta can be
-        unreadable for a while: after the feed moved, or was notified of something it could not
-        read yet, it looks again after 20 ms, then backs off towards the poll interval. One
-        state's versions commit in order, so its feed never waits for anything — unless it reads
-        from replicas (`one_state` False), which may not have replayed yet what was notified.
-        While the database is away, reads back off up to max_retry_delay."""
+        On the primary, what a notification announces is readable when it arrives (a state's
+        versions and a tenant's feed positions become visible in order), so the feed never waits
+        for anything. A replica may not have replayed yet what was notified: after the feed moved,
+        or was notified of something it could not read yet, it looks again after 20 ms, then backs
+        off towards the poll interval. While the database is away, reads back off up to
+        max_retry_delay."""
         if rows is None:
             return min(self.max_retry_delay, max(0.1, retry * 2))
-        if one_state:
+        if not replicas:
             return 0.0
         if rows or (notified and not retry):
             return HELD_BACK_RETRY
@@ -387,15 +386,15 @@ class Feed:
             await db.check_since(tenant_id, fsa_id, version)
             return Position(version=version)
         state, _, version = str(since).rpartition(":")
-        tx_id = await db.delta_tx_id(tenant_id, state, _version(version)) if state else None
-        if tx_id is None:
+        feed_position = await db.feed_position(tenant_id, state, _version(version)) if state else None
+        if feed_position is None:
             raise Problem(
                 400,
                 "invalid-event-id",
                 "Unknown event id",
                 f"event id {str(since)[:80]!r} names no delta of this tenant (expected fsa:version)",
             )
-        return Position(tx_id, state, _version(version))
+        return Position(feed_position, state, _version(version))
 
 
 def _version(text: str) -> int:

@@ -5,9 +5,6 @@
 --   ops          the normalised delta: [{"path": [...], "op": "...", "value": ...}, ...]
 --   paths        the dotted paths the delta addressed; collections: their top-level keys
 --   meta         request metadata kept as sent (pillar, aml_level, ...)
---   tx_id        the writing transaction: a reader that only reads rows below the oldest running
---                transaction (pg_snapshot_xmin) can tail a tenant's deltas in commit order
---                without ever skipping one (see sms.feed_after)
 CREATE TABLE sms.deltas (
     tenant_id   text        NOT NULL,
     fsa_id      text        NOT NULL,
@@ -22,7 +19,6 @@ CREATE TABLE sms.deltas (
     paths       text[]      NOT NULL,
     collections text[]      NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now(),
-    tx_id       xid8        NOT NULL DEFAULT pg_current_xact_id(),
     PRIMARY KEY (tenant_id, fsa_id, version),
     UNIQUE (tenant_id, fsa_id, delta_id)
 );

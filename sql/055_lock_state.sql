@@ -8,10 +8,7 @@ LANGUAGE sql AS $$
 $$;
 
 -- sms.lock_state(tenant, fsa): serialises the writers of one state and returns its version,
--- creating its header row on first use. The advisory lock comes first, before the transaction
--- writes anything, so writers of a state also get their transaction ids in version order: the
--- tenant-wide feed (sms.feed_after) reads in transaction-id order and so keeps each state's
--- versions in order. (Call apply_delta as the first write of a transaction for that to hold.)
+-- creating its header row on first use.
 CREATE OR REPLACE FUNCTION sms.lock_state(p_tenant_id text, p_fsa_id text) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE

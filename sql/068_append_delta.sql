@@ -4,15 +4,17 @@
 -- the guarded values before and after writing and raises SM011 when the delta breaks a rule, so
 -- that sms.apply_ops can undo it and record the refusal. Call sms.apply_ops, never this.
 -- Guarantees (for sms.apply_ops):
---   * atomic: the entries, the log row and the NOTIFY commit together or not at all;
+--   * atomic: the entries, the log row, its place in the tenant's feed and the NOTIFY commit
+--     together or not at all;
 --   * serial per state: sms.lock_state serialises writers, versions are gap-free (v = previous + 1);
 --   * idempotent: a known delta_id returns the first result and applies nothing (SM005 if the
 --     same id comes with different ops);
 --   * optimistic concurrency: p_expected_version and the preconditions are checked under the lock
 --     (SM003 / SM004, reporting the current version and values);
 --   * a type mismatch (SM002) applies nothing;
---   * exactly one NOTIFY on channel sms_changes with ids only (< 1 KB), unless the setting
---     sms.notify is 'off';
+--   * published (sms.publish): a place in the tenant's feed and exactly one NOTIFY on channel
+--     sms_changes with ids only (< 1 KB, unless the setting sms.notify is 'off') — or, inside
+--     sms.apply_deltas (the setting sms.batch), one for the whole batch at its end;
 --   * every sms.snapshot_every() versions, a snapshot (sms.take_snapshot).
 CREATE OR REPLACE FUNCTION sms.append_delta(
     p_tenant_id        text,
@@ -39,7 +41,7 @@ DECLARE
     v_bytes       bigint := 0;
     v_paths       text[];
     v_collections text[];
-    v_payload     text;
+    v_notice      jsonb;
     v_before      jsonb;
     v_violations  jsonb;
 BEGIN
@@ -121,16 +123,16 @@ BEGIN
         PERFORM sms.take_snapshot(p_tenant_id, p_fsa_id, v_version);
     END IF;
 
-    IF coalesce(current_setting('sms.notify', true), '') <> 'off' THEN
-        v_payload := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
-                                        'delta_id', v_prior.delta_id, 'actor', p_actor,
-                                        'lineage_id', p_lineage_id, 'collections', to_jsonb(v_collections))::text;
-        IF octet_length(v_payload) > 1000 THEN
+    IF coalesce(current_setting('sms.batch', true), '') <> 'on' THEN  -- a batch publishes once, at its end
+        v_notice := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
+                                       'delta_id', v_prior.delta_id, 'actor', p_actor,
+                                       'lineage_id', p_lineage_id, 'collections', to_jsonb(v_collections));
+        IF octet_length(v_notice::text) > 1000 THEN
             -- many or long collection names: send ids only; subscribers read the rest from the log
-            v_payload := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
-                                            'delta_id', v_prior.delta_id, 'truncated', true)::text;
+            v_notice := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
+                                           'delta_id', v_prior.delta_id, 'truncated', true);
         END IF;
-        PERFORM pg_notify('sms_changes', v_payload);
+        PERFORM sms.publish(p_tenant_id, p_fsa_id, v_version, v_version, v_notice);
     END IF;
 
     RETURN jsonb_build_object('success', true, 'version', v_version, 'delta_id', v_prior.delta_id,

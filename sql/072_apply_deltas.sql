@@ -39,9 +39,9 @@ $$;
 --     result is its error (a policy refusal stays recorded in sms.refusals), every other write's
 --     is SM014 (not applied).
 -- The state's lock is taken once, first, for the whole batch. Errors that are not a write's own
--- (a timeout, a shutdown) fail the call. One NOTIFY on sms_changes for the batch, carrying the
--- range of versions it made: {"tenant_id", "fsa_id", "version" (the last), "from_version",
--- "deltas" (how many)}, unless sms.notify is 'off'.
+-- (a timeout, a shutdown) fail the call. The versions the batch made take one place in the
+-- tenant's feed, and one NOTIFY on sms_changes carries their range (sms.publish): {"tenant_id",
+-- "fsa_id", "version" (the last), "from_version", "deltas" (how many)}.
 CREATE OR REPLACE FUNCTION sms.apply_deltas(
     p_tenant_id text,
     p_fsa_id    text,
@@ -50,7 +50,8 @@ CREATE OR REPLACE FUNCTION sms.apply_deltas(
 ) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_notify  text := current_setting('sms.notify', true);
+    v_batch   text := current_setting('sms.batch', true);
+    v_made    bigint[];
     v_results jsonb[] := '{}';
     v_result  jsonb;
     v_write   jsonb;
@@ -64,7 +65,7 @@ BEGIN
     END IF;
     PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, ''));
     PERFORM sms.state_lock(p_tenant_id, p_fsa_id);
-    PERFORM set_config('sms.notify', 'off', true);  -- each write's own NOTIFY: this one sends one for all
+    PERFORM set_config('sms.batch', 'on', true);  -- its writes do not publish: the batch does, once
 
     IF p_atomic THEN
         BEGIN
@@ -117,24 +118,16 @@ BEGIN
         END LOOP;
     END IF;
 
-    PERFORM set_config('sms.notify', coalesce(v_notify, ''), true);
-    IF coalesce(v_notify, '') <> 'off' THEN
-        PERFORM sms.notify_versions(p_tenant_id, p_fsa_id,
-                                    (SELECT array_agg((r ->> 'version')::bigint) FROM unnest(v_results) r
-                                      WHERE (r ->> 'success')::boolean AND NOT (r ->> 'duplicate')::boolean));
+    PERFORM set_config('sms.batch', coalesce(v_batch, ''), true);
+    SELECT array_agg((r ->> 'version')::bigint) INTO v_made FROM unnest(v_results) r
+     WHERE (r ->> 'success')::boolean AND NOT (r ->> 'duplicate')::boolean;
+    IF v_made IS NOT NULL THEN
+        -- gap-free: a refused write took no version
+        PERFORM sms.publish(p_tenant_id, p_fsa_id, v_made[1], v_made[cardinality(v_made)],
+                            jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id,
+                                               'version', v_made[cardinality(v_made)], 'from_version', v_made[1],
+                                               'deltas', cardinality(v_made)));
     END IF;
     RETURN to_jsonb(v_results);
 END;
-$$;
-
--- sms.notify_versions(tenant, fsa, versions): the one NOTIFY of a batch that made these versions
--- (none: no NOTIFY): ids and the range of versions, never anything a row of the log would have to
--- be read for (subscribers read the log).
-CREATE OR REPLACE FUNCTION sms.notify_versions(p_tenant_id text, p_fsa_id text, p_versions bigint[]) RETURNS void
-LANGUAGE sql AS $$
-    SELECT pg_notify('sms_changes', jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id,
-                                                       'version', max(v), 'from_version', min(v),
-                                                       'deltas', count(*))::text)
-      FROM unnest(p_versions) v
-    HAVING count(*) > 0;
 $$;

@@ -49,6 +49,7 @@ BEGIN
 
     DELETE FROM sms.deltas WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND version <= p_before_version;
     GET DIAGNOSTICS v_deltas = ROW_COUNT;
+    DELETE FROM sms.feed WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND to_version <= p_before_version;
     DELETE FROM sms.entry_history h
      USING (SELECT o.collection, o.is_member, o.member, o.version, o.value IS NULL AS removal,
                    max(o.version) OVER (PARTITION BY o.collection, o.is_member, o.member) AS last

@@ -18,6 +18,14 @@ ALTER TABLE sms.deltas ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON sms.deltas USING (tenant_id = ANY ((SELECT sms.request_tenants())::text[]));
 GRANT SELECT, INSERT ON sms.deltas TO sms_api;
 
+ALTER TABLE sms.feed ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON sms.feed USING (tenant_id = ANY ((SELECT sms.request_tenants())::text[]));
+GRANT SELECT, INSERT, UPDATE ON sms.feed TO sms_api;
+
+ALTER TABLE sms.feed_clocks ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON sms.feed_clocks USING (tenant_id = ANY ((SELECT sms.request_tenants())::text[]));
+GRANT SELECT, INSERT, UPDATE ON sms.feed_clocks TO sms_api;
+
 ALTER TABLE sms.entry_history ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON sms.entry_history USING (tenant_id = ANY ((SELECT sms.request_tenants())::text[]));
 GRANT SELECT, INSERT, UPDATE ON sms.entry_history TO sms_api;

@@ -57,9 +57,9 @@ async def test_a_failing_delta_in_the_middle_is_refused_alone(conn):
         (3, "c", None),
         (4, "e", "L"),
     ]
-    # one transaction: the batch's rows share the writer's transaction id
-    tx_ids = await conn.fetch("SELECT DISTINCT tx_id FROM sms.deltas WHERE version > 1")
-    assert len(tx_ids) == 1
+    # one transaction: the batch's versions take one place in the tenant's feed
+    places = await conn.fetch("SELECT from_version, to_version FROM sms.feed WHERE to_version > 1")
+    assert [tuple(place) for place in places] == [(2, 4)]
 
 
 async def test_each_result_is_what_the_delta_alone_would_have_answered(conn, database_url):
@@ -213,7 +213,7 @@ async def test_concurrent_deltas_share_transactions_and_each_gets_its_own_answer
     assert version == 55 and versions == list(range(1, 56)) and document["n"] == 54
     rows = await log_rows(conn)
     assert {row["actor"] for row in rows[1:]} == {f"w{i}" for i in range(60) if i % 10 != 5}
-    assert await conn.fetchval("SELECT count(DISTINCT tx_id) FROM sms.deltas") < 55
+    assert await conn.fetchval("SELECT count(*) FROM sms.feed") < 55  # a place per transaction
 
 
 async def test_a_refused_delta_that_waited_alone_gets_its_problem(database_url, conn):
@@ -309,7 +309,7 @@ async def _concurrent_http_deltas(client: httpx.AsyncClient, conn: asyncpg.Conne
     assert all(r.headers["etag"] == f'"{r.json()["version"]}"' for r in applied)
     assert (await snapshot(conn))[2]["n"] == 35
     # they met: fewer transactions than deltas
-    assert await conn.fetchval("SELECT count(DISTINCT tx_id) FROM sms.deltas") < 36
+    assert await conn.fetchval("SELECT count(*) FROM sms.feed") < 36  # a place per transaction
 
 
 async def test_batch_endpoint_independent(client, conn):
@@ -398,5 +398,8 @@ async def test_concurrent_batches_from_many_connections_lose_nothing(database_ur
     assert sum(applied) == 800
     version, versions, document = await snapshot(conn)
     assert (version, versions, document) == (800, list(range(1, 801)), {"n": 800})
-    by_tx = await conn.fetch("SELECT version FROM sms.deltas ORDER BY tx_id, version")
-    assert [row["version"] for row in by_tx] == list(range(1, 801))
+    in_feed = await conn.fetch(
+        "SELECT d.version FROM sms.feed f JOIN sms.deltas d ON d.tenant_id = f.tenant_id AND d.fsa_id = f.fsa_id"
+        " AND d.version BETWEEN f.from_version AND f.to_version ORDER BY f.position, d.version"
+    )
+    assert [row["version"] for row in in_feed] == list(range(1, 801))

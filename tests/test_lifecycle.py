@@ -49,14 +49,18 @@ PURGED = ("t", "f")
 NEIGHBOUR = ("t", "g")  # another state of the same tenant
 TWIN = ("u", "f")  # the same state id in another tenant
 RECORD = "erasures"  # the table that keeps the record of a purge, and so keeps a row of the state
+# the tenant's own rows that hold no state's data: its feed's clock (sql/013_feed.sql), which the
+# tenant's other states, and the states it writes later, go on counting from
+TENANT_ROWS = ("feed_clocks",)
 APPEND_ONLY = ("deltas", "entry_history", "task_comments", "policy_changes", "refusals", "erasures")
 
 # Every table of schema sms holding tenant data, from the catalog: per_state when it has fsa_id too.
-TENANT_TABLES = """
+TENANT_TABLES = f"""
 SELECT t.table_name::text AS name, bool_or(c.column_name = 'fsa_id') AS per_state
   FROM information_schema.tables t
   JOIN information_schema.columns c ON c.table_schema = t.table_schema AND c.table_name = t.table_name
  WHERE t.table_schema = 'sms' AND t.table_type = 'BASE TABLE' AND c.column_name IN ('tenant_id', 'fsa_id')
+   AND t.table_name NOT IN ({", ".join(f"'{table}'" for table in TENANT_ROWS)})
  GROUP BY t.table_name
 HAVING bool_or(c.column_name = 'tenant_id')
  ORDER BY 1

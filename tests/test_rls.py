@@ -316,7 +316,7 @@ async def test_the_service_functions_called_for_another_tenant_see_none_of_its_r
             )
             assert (read["slice"], read["total"], read["version"], read["cached"]) == ({}, 0, 0, False)
             for fsa in (FSA, None):
-                assert await api.fetch("SELECT * FROM sms.feed_after($1, $2, '0'::xid8, '', 0, 1000)", B, fsa) == []
+                assert await api.fetch("SELECT * FROM sms.feed_after($1, $2, 0, 0, 1000)", B, fsa) == []
             for path in ("note", "tasks", f"tasks.{TASK}.owner"):
                 assert await api.fetch("SELECT * FROM sms.path_changes($1, $2, $3, 100)", B, FSA, path) == []
             aliases = json.loads(await api.fetchval("SELECT sms.aliases_of($1, $2)::text", B, FSA))
@@ -329,7 +329,7 @@ async def test_the_service_functions_called_for_another_tenant_see_none_of_its_r
             assert {row["tenant_id"] for row in lineage} == {A}
             # the same calls for A answer A's rows: only B is hidden
             assert json.loads(await api.fetchval("SELECT sms.document($1, $2)::text", A, FSA))["note"] == "mark-of-a-2"
-            assert len(await api.fetch("SELECT * FROM sms.feed_after($1, $2, '0'::xid8, '', 0, 1000)", A, FSA)) == 2
+            assert len(await api.fetch("SELECT * FROM sms.feed_after($1, $2, 0, 0, 1000)", A, FSA)) == 2
             assert len(await api.fetch("SELECT * FROM sms.path_changes($1, $2, 'note', 100)", A, FSA)) == 2
 
 
@@ -344,7 +344,7 @@ async def test_acting_for_no_tenant_sees_nothing_at_all(seeded, api, tenants):
             assert await rows_by_table(api) == nothing, how
             for tenant in (A, B):
                 assert json.loads(await api.fetchval("SELECT sms.document($1, $2)::text", tenant, FSA)) == {}
-                assert await api.fetch("SELECT * FROM sms.feed_after($1, NULL, '0'::xid8, '', 0, 1000)", tenant) == []
+                assert await api.fetch("SELECT * FROM sms.feed_after($1, NULL, 0, 0, 1000)", tenant) == []
 
 
 async def test_what_a_statement_acts_for_ends_with_its_transaction(seeded, api):

@@ -147,16 +147,16 @@ _WRITE_FUNCTIONS = {
 
 _READ_FEED = """
 WITH log AS (
-    SELECT f.* FROM sms.act_for($8) acting,
-           LATERAL (SELECT * FROM sms.feed_after($1, $2, $3::text::xid8, $4, $5, $7) WITH ORDINALITY
+    SELECT f.* FROM sms.act_for($7) acting,
+           LATERAL (SELECT * FROM sms.feed_after($1, $2, $3, $4, $6) WITH ORDINALITY
                      WHERE acting OFFSET 0) f
 ), slices AS (
     -- each slice filter, parsed once per state, with that state's aliases
     SELECT states.fsa_id, specs.n, sms.parse_slice(specs.spec, sms.aliases_of($1, states.fsa_id)) AS parts
-      FROM (SELECT DISTINCT fsa_id FROM log) states, unnest($6::text[]) WITH ORDINALITY specs(spec, n)
+      FROM (SELECT DISTINCT fsa_id FROM log) states, unnest($5::text[]) WITH ORDINALITY specs(spec, n)
 )
 SELECT log.fsa_id, log.version, log.delta_id::text AS delta_id, log.actor, log.lineage_id, log.trace_id,
-       log.parent_id, log.meta, log.ops, log.paths, log.collections, log.created_at, log.tx_id::text AS tx_id,
+       log.parent_id, log.meta, log.ops, log.paths, log.collections, log.created_at, log.feed_position,
        ARRAY(SELECT sms.touches_slice(log.ops, s.parts) FROM slices s WHERE s.fsa_id = log.fsa_id ORDER BY s.n)
            AS wanted
   FROM log
@@ -590,10 +590,10 @@ class Database:
         touches each of the slice specs.
 
         A replica may answer: any server's answer is the next part of the one order of the log
-        after `position` (a state's versions commit in order; the tenant feed reads below the
-        oldest transaction still running as that server knows it, and a replica has not heard of
-        a transaction only when its id comes later still). So however reads of lagging and
-        current servers mix, no change is skipped or repeated: a lagging replica only delays."""
+        after `position` (a state's versions, and a tenant's feed positions, become visible in
+        order on the primary and in the same order on a replica replaying its WAL). So however
+        reads of lagging and current servers mix, no change is skipped or repeated: a lagging
+        replica only delays."""
         rows = await self._read_query(
             "fetch",
             tenant_id,
@@ -602,16 +602,15 @@ class Database:
             _READ_FEED,
             tenant_id,
             fsa_id,
-            str(after.tx_id),
-            after.fsa_id,
+            after.feed_position,
             after.version,
             list(slice_specs),
             limit,
         )
         return [
             (
-                Change(tenant_id=tenant_id, **{k: v for k, v in row.items() if k not in ("wanted", "tx_id")}),
-                Position(int(row["tx_id"]), row["fsa_id"], row["version"]),
+                Change(tenant_id=tenant_id, **{k: v for k, v in row.items() if k not in ("wanted", "feed_position")}),
+                Position(row["feed_position"], row["fsa_id"], row["version"]),
                 row["wanted"],
             )
             for row in rows
@@ -631,15 +630,11 @@ class Database:
         """The parsed parts of a slice spec; a 400 problem when it is invalid."""
         return await self._value("SELECT sms.parse_slice($1) FROM sms.act_for($2)", spec)
 
-    async def delta_tx_id(self, tenant_id: str, fsa_id: str, version: int) -> int | None:
-        tx_id = await self._value(
-            "SELECT (SELECT tx_id::text FROM sms.deltas WHERE tenant_id = $1 AND fsa_id = $2 AND version = $3)"
-            " FROM sms.act_for($4)",
-            tenant_id,
-            fsa_id,
-            version,
+    async def feed_position(self, tenant_id: str, fsa_id: str, version: int) -> int | None:
+        """Where a version of a state sits in its tenant's feed (sms.feed_position); None: nowhere."""
+        return await self._value(
+            "SELECT sms.feed_position($1, $2, $3) FROM sms.act_for($4)", tenant_id, fsa_id, version
         )
-        return None if tx_id is None else int(tx_id)
 
     async def current_version(self, tenant_id: str, fsa_id: str) -> int:
         """The state's version, as the primary has it."""

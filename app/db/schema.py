@@ -80,9 +80,28 @@ deltas = Table(
     Column("paths", ARRAY(Text), nullable=False),
     Column("collections", ARRAY(Text), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("tx_id", Xid8, nullable=False),
     PrimaryKeyConstraint("tenant_id", "fsa_id", "version"),
     UniqueConstraint("tenant_id", "fsa_id", "delta_id"),
+)
+
+feed = Table(
+    "feed",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("fsa_id", Text, nullable=False),
+    Column("to_version", BigInteger, nullable=False),
+    Column("from_version", BigInteger, nullable=False),
+    Column("position", BigInteger),
+    PrimaryKeyConstraint("tenant_id", "fsa_id", "to_version"),
+    UniqueConstraint("tenant_id", "position"),
+)
+
+feed_clocks = Table(
+    "feed_clocks",
+    metadata,
+    Column("tenant_id", Text, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    PrimaryKeyConstraint("tenant_id"),
 )
 
 member_counts = Table(

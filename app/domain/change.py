@@ -41,10 +41,11 @@ class Change:
 
 @dataclass(frozen=True, order=True)
 class Position:
-    """Where a subscriber is: after (tx_id, fsa_id, version) of a tenant's log. The tenant feed reads
-    in this order; one state's feed by version alone (its tx_id and fsa_id then stay as given)."""
+    """Where a subscriber is: after (feed position, fsa_id, version) of a tenant's log — the order
+    the tenant feed reads in (sms.feed_after); one state's feed goes by version alone (its feed
+    position and fsa_id then stay as given)."""
 
-    tx_id: int = 0
+    feed_position: int = 0
     fsa_id: str = ""
     version: int = 0
 
