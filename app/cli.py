@@ -265,8 +265,39 @@ def run_policies(args: argparse.Namespace, settings: Settings) -> None:
 def run_migrate(args: argparse.Namespace, settings: Settings) -> None:
     from app.db import migrate
 
-    migrate.upgrade(database_url(settings), args.revision)
+    url = database_url(settings)
+    migrate.upgrade(url, args.revision)
     print(f"migrated to {args.revision}")
+    if args.citus:
+        from urllib.parse import unquote, urlsplit
+
+        import asyncpg
+
+        from app.db import citus
+        from app.db.queries import session_settings
+        from app.db.roles import api_database_url
+
+        role = unquote(urlsplit(settings.api_database_url or api_database_url(url)).username or "")
+        wanted = session_settings(
+            settings.notify, settings.snapshot_every, settings.limits.max_depth, settings.limits.max_key_length
+        )
+
+        async def distribute() -> dict[str, list[str]]:
+            conn = await asyncpg.connect(url)
+            try:
+                return await citus.distribute(conn, role, wanted)
+            finally:
+                await conn.close()
+
+        try:
+            done = asyncio.run(distribute())
+        except citus.NotCitus as error:
+            raise SystemExit(f"sms migrate --citus: {error}") from None
+        print(
+            f"distributed by tenant: {len(done['distributed'])} tables, {len(done['reference'])} reference tables,"
+            f" {len(done['functions'])} functions (already distributed: left as they were);"
+            f" role {role}: {', '.join(done['settings'])}"
+        )
 
 
 def run_listen(args: argparse.Namespace, settings: Settings) -> None:
@@ -367,6 +398,12 @@ def main(argv: list[str] | None = None) -> None:
 
     migrate_cmd = commands.add_parser("migrate", help="upgrade the database schema (alembic)")
     migrate_cmd.add_argument("revision", nargs="?", default="head", help="target revision (default head)")
+    migrate_cmd.add_argument(
+        "--citus",
+        action="store_true",
+        help="then, on a Citus coordinator, distribute the tables by tenant and delegate the functions"
+        " (docs/scale-out.md)",
+    )
     migrate_cmd.set_defaults(run=run_migrate)
 
     listen_cmd = commands.add_parser(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import feed, history, load, merge, replicas, security, seed, suite, throughput, tokens
+from bench import citus, feed, history, load, merge, replicas, security, seed, suite, throughput, tokens
 from bench import slice as slice_
 
 BENCHMARKS = {
+    "citus": citus,
     "feed": feed,
     "history": history,
     "load": load,

@@ -11,14 +11,26 @@ DECLARE
     v_whole  boolean := cardinality(v_keys) = 1;
     v_low    text := CASE WHEN v_whole THEN '' ELSE v_keys[2] END;
     v_high   text := CASE WHEN v_whole THEN repeat(chr(1114111), 8) ELSE v_keys[2] END;
+    v_marked bigint[];  -- a whole collection: the versions its marker row changed at ...
+    v_then   jsonb[];   -- ... and the collection as it was at each
 BEGIN
+    IF v_whole THEN
+        -- first, apart: a statement that reads a table calls no function that reads one (a sharded
+        -- database runs it on the tenant's node whole)
+        SELECT array_agg(h.version) INTO v_marked
+          FROM sms.entry_history h
+         WHERE h.tenant_id = p_tenant_id AND h.fsa_id = p_fsa_id AND h.collection = v_keys[1]
+           AND NOT h.is_member AND h.member = '' AND jsonb_typeof(h.value) = 'object';
+        SELECT array_agg(sms.value_at(p_tenant_id, p_fsa_id, v_keys, v) ORDER BY n) INTO v_then
+          FROM unnest(v_marked) WITH ORDINALITY m(v, n);
+    END IF;
     RETURN QUERY
     WITH changes AS (
         -- the top-level row (the value itself, or the marker of an object) ...
         SELECT h.version, h.is_member, h.member,
                CASE WHEN NOT v_whole THEN h.value #> v_keys[2:]
                     WHEN jsonb_typeof(h.value) = 'object'   -- the marker: the collection as it was then
-                    THEN sms.value_at(p_tenant_id, p_fsa_id, v_keys, h.version)
+                    THEN v_then[array_position(v_marked, h.version)]
                     ELSE h.value END AS value
           FROM sms.entry_history h
          WHERE h.tenant_id = p_tenant_id AND h.fsa_id = p_fsa_id AND h.collection = v_keys[1]

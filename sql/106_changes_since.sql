@@ -10,16 +10,23 @@ DECLARE
     v_parts   jsonb := CASE WHEN p_slice IS NOT NULL
                             THEN sms.parse_slice(p_slice, sms.aliases_of(p_tenant_id, p_fsa_id)) END;
     v_version bigint := coalesce((SELECT version FROM sms.states WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id), 0);
+    v_ops     jsonb;
 BEGIN
     PERFORM sms.check_version(p_tenant_id, p_fsa_id, p_since);
+    -- the ops first, then the values they changed: a statement that reads a table calls no
+    -- function that reads one (a sharded database runs it on the tenant's node whole)
+    SELECT coalesce(jsonb_agg(jsonb_build_array(d.version, coalesce(d.actor, '(anonymous)'), d.lineage_id,
+                                                o.op -> 'path')), '[]')
+      INTO v_ops
+      FROM sms.deltas d
+     CROSS JOIN LATERAL jsonb_array_elements(d.ops) o(op)
+     WHERE d.tenant_id = p_tenant_id AND d.fsa_id = p_fsa_id AND d.version > p_since
+       AND (v_parts IS NULL OR sms.touches_slice(jsonb_build_array(o.op), v_parts));
     RETURN (
         WITH ops AS (
-            SELECT d.version, coalesce(d.actor, '(anonymous)') AS actor, d.lineage_id,
-                   ARRAY(SELECT jsonb_array_elements_text(o.op -> 'path')) AS keys
-              FROM sms.deltas d
-             CROSS JOIN LATERAL jsonb_array_elements(d.ops) o(op)
-             WHERE d.tenant_id = p_tenant_id AND d.fsa_id = p_fsa_id AND d.version > p_since
-               AND (v_parts IS NULL OR sms.touches_slice(jsonb_build_array(o.op), v_parts))
+            SELECT (op ->> 0)::bigint AS version, op ->> 1 AS actor, op ->> 2 AS lineage_id,
+                   ARRAY(SELECT jsonb_array_elements_text(op -> 3)) AS keys
+              FROM jsonb_array_elements(v_ops) op
         ), paths AS (
             SELECT keys, max(version) AS last_version, array_agg(DISTINCT actor ORDER BY actor) AS actors
               FROM ops GROUP BY keys

@@ -12,6 +12,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_allowed text[] := sms.caller_tenants();
     v_key     sms.api_keys;
+    -- apart from the INSERT, which Citus takes with plain values only (api_keys is a reference table there)
+    v_tenants text[] := ARRAY(SELECT DISTINCT t FROM unnest(p_tenants) t ORDER BY t);
+    v_scopes  text[] := ARRAY(SELECT s FROM unnest(ARRAY['read', 'write', 'admin']) s WHERE s = ANY (p_scopes));
 BEGIN
     IF p_key_id !~ '^k_[A-Za-z0-9]{8,40}$' OR octet_length(p_secret_hash) <> 32 THEN
         RAISE EXCEPTION USING ERRCODE = 'SM012', MESSAGE = 'a key needs an id k_… and the SHA-256 of its secret';
@@ -33,9 +36,7 @@ BEGIN
             MESSAGE = 'a key may only be made for tenants of the key that makes it';
     END IF;
     INSERT INTO sms.api_keys (key_id, secret_hash, tenants, scopes, actor, aml_level, rate_limit, label, expires_at)
-    VALUES (p_key_id, p_secret_hash, ARRAY(SELECT DISTINCT t FROM unnest(p_tenants) t ORDER BY t),
-            ARRAY(SELECT s FROM unnest(ARRAY['read', 'write', 'admin']) s WHERE s = ANY (p_scopes)),
-            p_actor, p_aml_level, p_rate_limit, p_label, p_expires_at)
+    VALUES (p_key_id, p_secret_hash, v_tenants, v_scopes, p_actor, p_aml_level, p_rate_limit, p_label, p_expires_at)
     RETURNING * INTO v_key;
     RETURN to_jsonb(v_key) - 'secret_hash';
 END;

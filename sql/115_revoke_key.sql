@@ -5,8 +5,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_allowed text[] := sms.caller_tenants();
     v_key     sms.api_keys;
+    v_now     timestamptz := now();  -- a value: Citus refuses now() inside coalesce in an UPDATE
 BEGIN
-    UPDATE sms.api_keys SET revoked_at = coalesce(revoked_at, now())
+    UPDATE sms.api_keys SET revoked_at = coalesce(revoked_at, v_now)
      WHERE key_id = p_key_id AND (v_allowed IS NULL OR tenants <@ v_allowed)
     RETURNING * INTO v_key;
     IF NOT FOUND THEN

@@ -26,6 +26,10 @@ BEGIN
         SELECT c.relname FROM pg_catalog.pg_class c
          WHERE c.relnamespace = 'sms'::regnamespace AND c.relkind IN ('r', 'p') AND NOT c.relispartition
            AND c.relname <> 'erasures'
+           -- not a shard of one (on a Citus node: <table>_<shard id>, beside its table)
+           AND NOT EXISTS (SELECT FROM pg_catalog.pg_class t
+                            WHERE t.relnamespace = c.relnamespace AND c.relname ~ '_[0-9]+$'
+                              AND t.relname = regexp_replace(c.relname, '_[0-9]+$', ''))
            AND (SELECT count(*) FROM pg_catalog.pg_attribute a
                  WHERE a.attrelid = c.oid AND a.attname IN ('tenant_id', 'fsa_id') AND NOT a.attisdropped) = 2
          ORDER BY c.relname = 'states', c.relname  -- the header last

@@ -4,10 +4,16 @@ The server is the one named by SMS_TEST_DATABASE_URL when set (CI runs the suite
 the PostgreSQL 15 on 127.0.0.1:5432), else an embedded PostgreSQL 18 started for the session.
 Each test gets its own database cloned from the template, so tests can commit (NOTIFY is only
 delivered on commit) and still never see each other's data.
+
+On Citus (SMS_TEST_CITUS_URL: a database on a coordinator with the citus extension and its workers
+added; docs/scale-out.md) a database cannot be cloned: the suite migrates that one database and
+distributes it as `sms migrate --citus` does, and each test starts from it emptied. Tests that need
+databases of their own, or a server they can stop, are skipped there.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tempfile
@@ -25,8 +31,8 @@ from litestar.testing import AsyncTestClient
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from app.api.app import create_app
-from app.db import migrate
-from app.db.queries import Database
+from app.db import citus, migrate
+from app.db.queries import Database, session_settings
 from app.settings import Settings
 
 
@@ -56,6 +62,11 @@ class Server:
         )
 
 
+CITUS_URL = os.environ.get("SMS_TEST_CITUS_URL")
+if CITUS_URL:  # a shared server too: the tests that stop or restart the test server skip
+    os.environ["SMS_TEST_DATABASE_URL"] = CITUS_URL
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
     given = os.environ.get("SMS_TEST_DATABASE_URL")
@@ -81,7 +92,13 @@ def pg_server() -> Iterator[Server]:
 
 @pytest.fixture(scope="session")
 def template_db(pg_server: Server) -> Iterator[str]:
-    """A database migrated to head, cloned by every test."""
+    """A database migrated to head, cloned by every test (on Citus: the one database, distributed)."""
+    if CITUS_URL:
+        name = str(psycopg.conninfo.conninfo_to_dict(CITUS_URL)["dbname"])
+        migrate.upgrade(CITUS_URL)
+        asyncio.run(_distribute(CITUS_URL))
+        yield name
+        return
     name = f"sms_test_template_{os.getpid()}"
     janitor = pg_server.janitor(name)
     with contextlib.suppress(Exception):
@@ -96,7 +113,12 @@ def template_db(pg_server: Server) -> Iterator[str]:
 
 @pytest.fixture
 def database_url(pg_server: Server, template_db: str) -> Iterator[str]:
-    """A fresh database cloned from the migrated template, dropped after the test."""
+    """A fresh database cloned from the migrated template, dropped after the test (on Citus: the
+    one database, emptied)."""
+    if CITUS_URL:
+        asyncio.run(_empty(CITUS_URL))
+        yield CITUS_URL
+        return
     name = f"sms_test_{uuid.uuid4().hex[:12]}"
     janitor = pg_server.janitor(name, template=template_db)
     janitor.init()
@@ -109,6 +131,8 @@ def database_url(pg_server: Server, template_db: str) -> Iterator[str]:
 @pytest.fixture
 def empty_database_url(pg_server: Server) -> Iterator[str]:
     """A fresh database with nothing in it (for migration tests)."""
+    if CITUS_URL:
+        pytest.skip("on Citus: a database of its own (docs/scale-out.md)")
     name = f"sms_test_empty_{uuid.uuid4().hex[:12]}"
     janitor = pg_server.janitor(name)
     janitor.init()
@@ -168,3 +192,38 @@ async def live_url(settings: Settings) -> AsyncIterator[str]:
     """The service on a real socket (uvicorn) in this event loop; yields its base URL."""
     async with serving(settings) as url:
         yield url
+
+
+async def _distribute(url: str) -> None:
+    """`sms migrate --citus` with the settings of the service the tests run (helpers.service_settings);
+    four shards a table, so that emptying them before each test stays quick."""
+    conn = await asyncpg.connect(url, server_settings={"citus.shard_count": "4"})
+    try:
+        await citus.distribute(conn, "sms_api", session_settings(True, 1000, 32, 512))
+    finally:
+        await conn.close()
+
+
+async def _empty(url: str) -> None:
+    """Every table of schema sms emptied, past the append-only triggers (set aside for the TRUNCATE,
+    on every shard, in the same transaction)."""
+    conn = await asyncpg.connect(url, server_settings={"citus.enable_unsafe_triggers": "on"})
+    try:
+        tables = [
+            row[0]
+            for row in await conn.fetch(
+                "SELECT format('sms.%I', relname) FROM pg_class"
+                " WHERE relnamespace = 'sms'::regnamespace AND relkind = 'r' AND relhastriggers"
+            )
+        ]
+        everything = await conn.fetch(
+            "SELECT format('sms.%I', relname) FROM pg_class WHERE relnamespace = 'sms'::regnamespace AND relkind = 'r'"
+        )
+        async with conn.transaction():
+            for table in tables:
+                await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            await conn.execute("TRUNCATE " + ", ".join(row[0] for row in everything))
+            for table in tables:
+                await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+    finally:
+        await conn.close()

@@ -818,7 +818,7 @@ async def slice_queries(conn: asyncpg.Connection) -> set[tuple[int, Any]]:
     rows = await conn.fetch(
         """SELECT pid, query_start FROM pg_stat_activity
             WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'
-              AND query LIKE '%sms.read_slice(%'"""
+              AND query LIKE '%sms.read_slice%'"""
     )
     return {(row["pid"], row["query_start"]) for row in rows}
 
@@ -889,7 +889,7 @@ async def test_expensive_reads_leave_connections_for_health_and_writes(settings,
                 await conn.execute(
                     """SELECT pg_cancel_backend(pid) FROM pg_stat_activity
                         WHERE datname = current_database() AND pid <> pg_backend_pid()
-                          AND query LIKE '%sms.read_slice(%'"""
+                          AND query LIKE '%sms.read_slice%'"""
                 )
                 await asyncio.sleep(0.05)
         for read in reads:

@@ -30,7 +30,6 @@ from app.api.routes import (
     write_response,
 )
 from app.api.schemas import COMMON, DOTTED_PATH, SLICE_SPEC, WRITES, Answer, documented, write_parameters
-from app.db.queries import write_args
 from app.domain import jsontext
 from app.domain.delta import decode_body, write_meta
 from app.domain.ids import check_id
@@ -127,7 +126,7 @@ async def rollback(
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     params = {k: v for k, v in request.query_params.items() if k != "to_version"}
     meta = principal.stamp(write_meta(params, dict(request.headers), settings.limits))
-    return write_response(await db.call_write("rollback", *write_args(tenant_id, fsa_id, to_version, meta)))
+    return write_response(await db.rollback(tenant_id, fsa_id, to_version, meta))
 
 
 @get(
@@ -202,8 +201,8 @@ async def heartbeat(
         raise Problem(404, "not-found", "Not Found", "use POST /agents/{tenant}/{fsa}/{agent}/heartbeat")
     check_id("agent", agent, settings.limits.max_id_length)
     meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
-    result = await db.call_write(
-        "heartbeat", tenant_id, fsa_id, agent, meta.lineage_id, jsontext.encode(meta.meta).decode(), principal.actor
+    result = await db.heartbeat(
+        tenant_id, fsa_id, agent, meta.lineage_id, jsontext.encode(meta.meta).decode(), principal.actor
     )
     return write_response(result)
 
@@ -237,8 +236,7 @@ async def add_comment(
     author = principal.actor or fields.get("author")
     if not isinstance(author, str) or not isinstance(body, str):
         raise Problem(422, "invalid-comment", "The comment is invalid", "a comment needs an author and a body (text)")
-    result = await db.call_write(
-        "add_comment",
+    result = await db.add_comment(
         tenant_id,
         fsa_id,
         task_id,

@@ -6,7 +6,14 @@ transaction: behind one, the service's SMS_LISTEN_DATABASE_URL leads to the prim
 never a replica's: NOTIFY is the primary's alone), proves it is alive by a NOTIFY round trip on a
 private probe channel, and on any failure reconnects with capped exponential backoff and then
 wakes every subscriber, because it may have missed notifications meanwhile. Notifications are
-only hints: subscribers read the log (sms.feed_after). Each subscriber has a wake-up flag, a
+only hints: subscribers read the log (sms.feed_after).
+
+On Citus a write runs on the node of its tenant (its function call is delegated there), and its
+NOTIFY is that node's: the listener then also listens on every worker the coordinator lists
+(pg_dist_node), reached at the host and port the coordinator knows it by, with the same user,
+password and database, and treats them as one: any connection lost means all are renewed.
+
+Each subscriber has a wake-up flag, a
 bounded queue of one coalesced hint, so a subscriber that falls behind simply reads more of the
 log when it next looks, and never blocks the listener, the other subscribers or the writers.
 """
@@ -64,7 +71,8 @@ class Listener:
         self._task: asyncio.Task[None] | None = None
         self._lost: asyncio.Event = asyncio.Event()
         self._probe_echo: asyncio.Event = asyncio.Event()
-        self._conn: asyncpg.Connection | None = None
+        self._conn: asyncpg.Connection | None = None  # the one to the database named by dsn
+        self._nodes: list[asyncpg.Connection] = []  # and, on Citus, one to each worker
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="sms-listener")
@@ -111,12 +119,21 @@ class Listener:
 
     async def _connect(self) -> None:
         self._lost.clear()
-        conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "sms-listener"})
-        conn.add_termination_listener(lambda _: self._lost.set())
-        await conn.add_listener(CHANNEL, self._on_notify)
-        await conn.add_listener(self.probe_channel, lambda *_: self._probe_echo.set())
-        self._conn = conn
+        self._conn = await self._listen()
+        for host, port in await _workers(self._conn):
+            self._nodes.append(await self._listen(host=host, port=port))
         self.connected.set()
+
+    async def _listen(self, **node: object) -> asyncpg.Connection:
+        conn = await asyncpg.connect(self.dsn, server_settings={"application_name": "sms-listener"}, **node)
+        try:
+            conn.add_termination_listener(lambda _: self._lost.set())
+            await conn.add_listener(CHANNEL, self._on_notify)
+            await conn.add_listener(self.probe_channel, lambda *_: self._probe_echo.set())
+        except BaseException:
+            conn.terminate()
+            raise
+        return conn
 
     async def _watch(self) -> None:
         """Probe until the connection is lost or a probe goes unanswered."""
@@ -129,11 +146,12 @@ class Listener:
                 lost.cancel()
             if done:
                 raise ConnectionError("the LISTEN connection was terminated")
-            self._probe_echo.clear()
-            await asyncio.wait_for(
-                self._conn.execute("SELECT pg_notify($1, 'probe')", self.probe_channel), self.probe_timeout
-            )
-            await asyncio.wait_for(self._probe_echo.wait(), self.probe_timeout)
+            for conn in (self._conn, *self._nodes):
+                self._probe_echo.clear()
+                await asyncio.wait_for(
+                    conn.execute("SELECT pg_notify($1, 'probe')", self.probe_channel), self.probe_timeout
+                )
+                await asyncio.wait_for(self._probe_echo.wait(), self.probe_timeout)
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -150,9 +168,22 @@ class Listener:
             wakeup.event.set()
 
     async def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(conn.close(), 2)
-            if not conn.is_closed():
-                conn.terminate()
+        conns = [self._conn, *self._nodes]
+        self._conn, self._nodes = None, []
+        for conn in conns:
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 2)
+                if not conn.is_closed():
+                    conn.terminate()
+
+
+async def _workers(conn: asyncpg.Connection) -> list[tuple[str, int]]:
+    """The active workers of a Citus coordinator, where delegated writes send their NOTIFY (group 0
+    is the coordinator itself; a plain server has no pg_dist_node)."""
+    if not await conn.fetchval("SELECT to_regclass('pg_catalog.pg_dist_node') IS NOT NULL"):
+        return []
+    rows = await conn.fetch(
+        "SELECT nodename, nodeport FROM pg_dist_node WHERE isactive AND noderole = 'primary' AND groupid <> 0"
+    )
+    return [(row["nodename"], row["nodeport"]) for row in rows]

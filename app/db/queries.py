@@ -20,6 +20,14 @@ fails is skipped for that read: the primary answers.
 Nothing outlives a transaction on a connection (the tenants, a `where` read's timeout, advisory
 locks are all transaction-level), so the service works through a pooler in transaction mode
 (PgBouncer): `transaction_pooling` then keeps no prepared statement and sends no session setting.
+
+On a Citus coordinator (found when connecting; docs/scale-out.md) each statement runs in a
+transaction block, so that the tenants it acts for reach the workers with it (act_for's SET LOCAL,
+carried by citus.propagate_set_commands = 'local', set in the service's sessions on the
+coordinator); the service's other settings are its role's, which
+Citus gives every node (set by `sms migrate --citus`), since a delegated call runs in a session of
+the worker's; and a write is a bare call of its function after act_for, which Citus runs on the
+tenant's node in one round trip (delegation) instead of statement by statement from the coordinator.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -43,11 +52,58 @@ from app.errors import Problem, database_busy, database_unavailable, from_sqlsta
 
 log = logging.getLogger(__name__)
 
-_APPLY = """
-SELECT sms.{function}($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text FROM sms.act_for($11)
-"""
 
-_APPLY_BATCH = "SELECT sms.apply_deltas($1, $2, $3::text::jsonb, $4)::text FROM sms.act_for($5)"
+@dataclass(frozen=True)
+class Call:
+    """A call of one of the service's SQL functions, `sms.<function>(<arguments>)` with its
+    parameters $1..$n, whose jsonb result is handed on as JSON text (`text`) or decoded. On one
+    server it is one statement, `SELECT <call>::text FROM sms.act_for($n+1)`; on Citus act_for
+    first, then the bare call, which Citus delegates whole to the tenant's node (see the module's
+    docstring; CALLS lists them for `sms migrate --citus`)."""
+
+    expression: str
+    arguments: int
+    text: bool = True
+
+    @property
+    def alone(self) -> str:
+        return f"SELECT {self.expression}{'::text' if self.text else ''} FROM sms.act_for(${self.arguments + 1})"
+
+    @property
+    def bare(self) -> str:
+        return f"SELECT {self.expression}"
+
+    @property
+    def function(self) -> str:
+        return self.expression.split("(", 1)[0].removeprefix("sms.")
+
+
+_WRITE = "($1, $2, $3::text::jsonb, $4, $5, $6, $7, $8::text::jsonb, $9, $10)"  # write_args
+APPLY = Call(f"sms.apply_delta{_WRITE}", 10)
+REPLACE = Call(f"sms.replace_state{_WRITE}", 10)
+APPLY_BATCH = Call("sms.apply_deltas($1, $2, $3::text::jsonb, $4)", 4)
+ROLLBACK = Call("sms.rollback($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)", 10)
+HEARTBEAT = Call("sms.heartbeat($1, $2, $3, $4, $5, $6::text::jsonb, $7)", 7)
+ADD_COMMENT = Call("sms.add_comment($1, $2, $3, $4, $5, $6, $7)", 7, text=False)
+SET_ALIAS = Call("sms.set_alias($1, $2, $3, $4)", 4, text=False)
+SET_POLICY = Call("sms.set_policy($1, $2, $3::jsonb, $4)", 4, text=False)
+SET_EXPIRY = Call("sms.set_expiry($1, $2, $3)", 3)
+PURGE = Call("sms.purge_state($1, $2, $3, $4)", 4)
+COMPACT = Call("sms.compact($1, $2, $3, $4, $5)", 5)
+CALLS = (
+    APPLY,
+    REPLACE,
+    APPLY_BATCH,
+    ROLLBACK,
+    HEARTBEAT,
+    ADD_COMMENT,
+    SET_ALIAS,
+    SET_POLICY,
+    SET_EXPIRY,
+    PURGE,
+    COMPACT,
+)
+_ACT_FOR = "SELECT sms.act_for($1)"
 
 # Built as text rather than with json_build_object, whose output pads every colon with spaces.
 _READ_STATE = """
@@ -59,24 +115,7 @@ SELECT s.version,
   FROM sms.act_for($4) acting, LATERAL (SELECT sms.current_version($1, $2) AS version WHERE acting OFFSET 0) s
 """
 
-_READ_DELTAS = """
-SELECT (
-    WITH page AS (
-        SELECT version, delta_id, actor, lineage_id, trace_id, parent_id, meta, ops, paths, created_at
-          FROM sms.deltas
-         WHERE tenant_id = $1 AND fsa_id = $2 AND version > $3
-         ORDER BY version
-         LIMIT $4 + 1
-    )
-    SELECT '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text) || ',"since":' || $3::bigint
-           || ',"version":' || sms.current_version($1, $2)
-           || ',"deltas":' || coalesce((SELECT to_json(array_agg(p ORDER BY p.version))
-                                         FROM (SELECT * FROM page ORDER BY version LIMIT $4) p), '[]')::text
-           || ',"more":' || ((SELECT count(*) FROM page) > $4)::text || '}'
-) FROM sms.act_for($5) acting,
-       -- a `since` that a compaction dropped is a problem, not a page that silently skips deltas
-       LATERAL (SELECT WHERE acting AND sms.check_since($1, $2, $3) OFFSET 0) kept
-"""
+_READ_DELTAS = "SELECT sms.read_deltas($1, $2, $3, $4) FROM sms.act_for($5)"
 
 
 # A slice read writes only the cache's statistics (hits, last use): its commit need not wait for the
@@ -84,20 +123,9 @@ SELECT (
 # the last few hits; it cannot lose or corrupt anything.
 _RELAXED_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) relaxed"
 
-_READ_SLICE = f"""
-WITH r AS (SELECT sms.read_slice($1, $2, $3, $4, $5, $6::jsonpath, $7) AS read FROM sms.act_for($8), {_RELAXED_COMMIT}),
-hit AS (
-    -- count the hit without ever waiting: a row another reader is bumping is skipped
-    -- and remember the collections' versions it was found valid at
-    UPDATE sms.summary_cache c SET hits = c.hits + 1, last_used_at = now(), coarse = r.read ->> 'coarse'
-      FROM r
-     WHERE (r.read ->> 'cached')::boolean AND c.tenant_id = $1 AND c.fsa_id = $2
-       AND c.ctid = (SELECT ctid FROM sms.summary_cache
-                      WHERE tenant_id = $1 AND fsa_id = $2 AND cache_key = r.read ->> 'cache_key'
-                        FOR UPDATE SKIP LOCKED)
+_READ_SLICE = (
+    f"SELECT sms.read_slice_counted($1, $2, $3, $4, $5, $6::jsonpath, $7) FROM sms.act_for($8), {_RELAXED_COMMIT}"
 )
-SELECT read FROM r
-"""
 
 # A replica is read-only: there a cache hit is not counted (the primary's hits are).
 _READ_SLICE_ON_REPLICA = "SELECT sms.read_slice($1, $2, $3, $4, $5, $6::jsonpath, $7) FROM sms.act_for($8)"
@@ -133,17 +161,6 @@ SELECT json_build_object('tenant_id', $1::text, 'fsa_id', $2::text, 'task_id', $
              WHERE tenant_id = $1 AND fsa_id = $2 AND task_id = $3 ORDER BY comment_id DESC LIMIT $4) c))::text
   FROM sms.act_for($5)
 """
-
-_WRITE_FUNCTIONS = {
-    "rollback": "SELECT sms.rollback($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)::text FROM sms.act_for($11)",
-    # and, as the original answered, the agent and the time recorded (now(): the heartbeat's own)
-    "heartbeat": "SELECT (sms.heartbeat($1, $2, $3, $4, p_meta => $5::text::jsonb, p_actor => $6)"
-    " || jsonb_build_object('agent', $3::text, 'timestamp',"
-    " to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')))::text FROM sms.act_for($7)",
-    "add_comment": "SELECT (jsonb_build_object('success', true) || c"
-    " || jsonb_build_object('body_md', c -> 'body'))::text"
-    " FROM (SELECT sms.add_comment($1, $2, $3, $4, $5, $6, $7) c FROM sms.act_for($8) OFFSET 0) made",
-}
 
 _READ_FEED = """
 WITH log AS (
@@ -199,6 +216,7 @@ class Database:
         replicas: Sequence[asyncpg.Pool] = (),
         read_wait: float = 1.0,
         turns: itertools.count | None = None,
+        citus: bool = False,
     ) -> None:
         self.pool = pool
         self.tenants = tenants
@@ -210,6 +228,7 @@ class Database:
         self.replicas = tuple(replicas)  # a pool on each read replica
         self.read_wait = read_wait  # seconds a read waits for a replica to replay the version it names
         self._turns = turns or itertools.count()  # whose turn among the replicas, shared by acting_for's copies
+        self.citus = citus  # a Citus coordinator: see the module's docstring
 
     @classmethod
     async def connect(
@@ -239,12 +258,8 @@ class Database:
         (`ALTER ROLE … SET`) or the pooler's `connect_query` — or a SessionSettingsError says
         which; the statement timeout is the client's then, cancelling a second later."""
         timeout = max(5.0, statement_timeout_ms / 1000)
-        session = {
-            "sms.notify": "on" if notify else "off",
-            "sms.snapshot_every": str(snapshot_every),
-            "sms.max_depth": str(max_depth),  # the limits sms.check_value applies
-            "sms.max_key_length": str(max_key_length),
-        }
+        citus = await _is_citus(dsn, timeout)
+        session = session_settings(notify, snapshot_every, max_depth, max_key_length)
         options: dict[str, Any] = {
             "min_size": min_size,
             "max_size": max_size,
@@ -256,6 +271,12 @@ class Database:
         }
         if transaction_pooling:
             options["statement_cache_size"] = 0  # asyncpg then parses each statement again where it runs
+        elif citus:
+            # the service's settings are the role's (set on every node by sms migrate --citus)
+            options["server_settings"] |= {
+                "statement_timeout": str(statement_timeout_ms),
+                "citus.propagate_set_commands": "local",
+            }
         else:
             options["server_settings"] |= {"statement_timeout": str(statement_timeout_ms), **session}
         pools: list[asyncpg.Pool] = []
@@ -272,8 +293,9 @@ class Database:
             where_timeout_ms=min(where_timeout_ms, statement_timeout_ms),
             replicas=pools[1:],
             read_wait=read_wait_ms / 1000,
+            citus=citus,
         )
-        if transaction_pooling:
+        if transaction_pooling or citus:
             try:
                 await db._check_session(session)
             except BaseException:
@@ -292,6 +314,7 @@ class Database:
             replicas=self.replicas,
             read_wait=self.read_wait,
             turns=self._turns,
+            citus=self.citus,
         )
 
     async def close(self) -> None:
@@ -301,12 +324,18 @@ class Database:
         """Refuses sessions whose settings are not `wanted` (each counted as the service's SQL
         counts it when it is not set), naming the ALTER ROLE that would make them so."""
         async with self._connection() as conn:
-            role, database, *held = await conn.fetchrow(_SESSION_SETTINGS)
+            role, database, *values = await conn.fetchrow(_SESSION_SETTINGS)
+        held = dict(zip(SESSION_SETTINGS, values, strict=True))
         differ = [
-            f"{name} is {had!r}, not {value!r}: ALTER ROLE {role} IN DATABASE {database} SET {name} = {value!r}"
-            for (name, value), had in zip(wanted.items(), held, strict=True)
-            if value != had
+            f"{name} is {held[name]!r}, not {value!r}: ALTER ROLE {role} IN DATABASE {database} SET {name} = {value!r}"
+            for name, value in wanted.items()
+            if value != held[name]
         ]
+        if differ and self.citus:
+            raise SessionSettingsError(
+                "on Citus the service's settings must be its role's, which every node gives the calls run there, "
+                "and they differ: " + "; ".join(differ) + " (sms migrate --citus sets them from the service's settings)"
+            )
         if differ:
             raise SessionSettingsError(
                 "through a transaction pooler the service cannot send its sessions' settings, and the server's "
@@ -331,7 +360,11 @@ class Database:
         try:
             conn = await pool.acquire(timeout=self.acquire_timeout)
             try:
-                yield conn
+                if self.citus and not conn.is_in_transaction():
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
             finally:
                 await self._release(pool, conn)
         except asyncpg.PostgresError as exc:
@@ -470,9 +503,18 @@ class Database:
                     "(SMS_API_DATABASE_URL, and in SMS_READ_DATABASE_URL)"
                 )
 
+    async def call(self, call: Call, *args: Any) -> Any:
+        """One of the service's SQL functions (see Call): its result as JSON text, or decoded."""
+        if not self.citus:
+            return await self._value(call.alone, *args)
+        async with self._connection() as conn:
+            await conn.execute(_ACT_FOR, self.tenants)
+            value = await conn.fetchval(call.bare, *args)
+        return jsontext.encode(value).decode() if call.text and value is not None else value
+
     async def apply_delta(self, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> str:
         """Apply a delta (JSON text); returns the result object as JSON text."""
-        return await self._value(_APPLY.format(function="apply_delta"), *write_args(tenant_id, fsa_id, delta, meta))
+        return await self.call(APPLY, *write_args(tenant_id, fsa_id, delta, meta))
 
     async def apply_deltas(
         self, tenant_id: str, fsa_id: str, writes: Sequence[tuple[str, WriteMeta]], atomic: bool = False
@@ -482,14 +524,41 @@ class Database:
         would have returned — or the Problem it met (a policy's refusal too), in order. A problem
         of the whole call (the database away, a timeout) is raised."""
         batch = b"[" + b",".join(_write_json(delta, meta) for delta, meta in writes) + b"]"
-        text = await self._value(_APPLY_BATCH, tenant_id, fsa_id, batch.decode(), atomic)
+        text = await self.call(APPLY_BATCH, tenant_id, fsa_id, batch.decode(), atomic)
         return [_write_result(bytes(result)) for result in msgspec.json.decode(text, type=list[msgspec.Raw])]
 
     async def replace_state(self, tenant_id: str, fsa_id: str, document: str, meta: WriteMeta) -> str:
         """Replace the whole state (JSON text), logged as one delta; the result as JSON text."""
-        return await self._value(
-            _APPLY.format(function="replace_state"), *write_args(tenant_id, fsa_id, document, meta)
-        )
+        return await self.call(REPLACE, *write_args(tenant_id, fsa_id, document, meta))
+
+    async def rollback(self, tenant_id: str, fsa_id: str, to_version: int, meta: WriteMeta) -> str:
+        """Roll the state back to an earlier version, logged as one delta (sms.rollback); JSON text."""
+        return await self.call(ROLLBACK, *write_args(tenant_id, fsa_id, to_version, meta))
+
+    async def heartbeat(
+        self, tenant_id: str, fsa_id: str, agent: str, lineage_id: str | None, meta: str, actor: str | None
+    ) -> str:
+        """Records that the agent was seen now (sms.heartbeat); the result, and — as the original
+        answered — the agent and the time recorded, as JSON text."""
+        at = datetime.now(UTC)
+        result = jsontext.decode(await self.call(HEARTBEAT, tenant_id, fsa_id, agent, lineage_id, at, meta, actor))
+        result |= {"agent": agent, "timestamp": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+        return jsontext.encode(result).decode()
+
+    async def add_comment(
+        self,
+        tenant_id: str,
+        fsa_id: str,
+        task_id: str,
+        author: str,
+        body: str,
+        is_blocker: bool,
+        lineage_id: str | None,
+    ) -> str:
+        """Comments on a task (sms.add_comment); in the original's shape (success, and the markdown
+        also as body_md), as JSON text."""
+        comment = await self.call(ADD_COMMENT, tenant_id, fsa_id, task_id, author, body, is_blocker, lineage_id)
+        return jsontext.encode({"success": True, **comment, "body_md": comment["body"]}).decode()
 
     async def dry_run(self, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> dict[str, Any]:
         """Apply a delta inside a transaction that is rolled back: exactly what would happen."""
@@ -500,9 +569,7 @@ class Database:
                 current = await conn.fetchval(
                     "SELECT sms.current_version($1, $2) FROM sms.act_for($3)", tenant_id, fsa_id, self.tenants
                 )
-                result = await conn.fetchval(
-                    _APPLY.format(function="apply_delta"), *write_args(tenant_id, fsa_id, delta, meta), self.tenants
-                )
+                result = await conn.fetchval(APPLY.alone, *write_args(tenant_id, fsa_id, delta, meta), self.tenants)
             finally:
                 await tx.rollback()
         outcome = jsontext.decode(result)
@@ -622,9 +689,7 @@ class Database:
 
     async def set_alias(self, tenant_id: str, fsa_id: str, alias: str, collection: str | None) -> dict[str, str]:
         """Sets (or, with no collection, removes) one of the state's own aliases; its aliases after."""
-        return await self._value(
-            "SELECT sms.set_alias($1, $2, $3, $4) FROM sms.act_for($5)", tenant_id, fsa_id, alias, collection
-        )
+        return await self.call(SET_ALIAS, tenant_id, fsa_id, alias, collection)
 
     async def parse_slice(self, spec: str) -> Any:
         """The parsed parts of a slice spec; a 400 problem when it is invalid."""
@@ -713,12 +778,6 @@ class Database:
         )
         return row[0], row[1]
 
-    async def call_write(self, function: str, *args: Any) -> str:
-        """A writing SQL function of the service (rollback, heartbeat, add_comment) -> JSON text."""
-        if function not in _WRITE_FUNCTIONS:
-            raise ValueError(function)
-        return await self._value(_WRITE_FUNCTIONS[function], *args)
-
     async def comments(self, tenant_id: str, fsa_id: str, task_id: str, limit: int) -> str:
         return await self._value(_READ_COMMENTS, tenant_id, fsa_id, task_id, limit)
 
@@ -742,23 +801,14 @@ class Database:
 
     async def purge_state(self, tenant_id: str, fsa_id: str, actor: str | None, key_id: str | None) -> str:
         """Erases the state (sms.purge_state); the erasure's record as JSON text."""
-        return await self._value(
-            "SELECT sms.purge_state($1, $2, $3, $4)::text FROM sms.act_for($5)", tenant_id, fsa_id, actor, key_id
-        )
+        return await self.call(PURGE, tenant_id, fsa_id, actor, key_id)
 
     async def compact(
         self, tenant_id: str, fsa_id: str, before_version: int, actor: str | None, key_id: str | None
     ) -> str:
         """Drops the state's log and history before a snapshot at `before_version` (sms.compact);
         the erasure's record as JSON text."""
-        return await self._value(
-            "SELECT sms.compact($1, $2, $3, $4, $5)::text FROM sms.act_for($6)",
-            tenant_id,
-            fsa_id,
-            before_version,
-            actor,
-            key_id,
-        )
+        return await self.call(COMPACT, tenant_id, fsa_id, before_version, actor, key_id)
 
     async def erasures(self, tenant_id: str, fsa_id: str, limit: int) -> str:
         """The state's erasure records (sms.erasures), newest first, as JSON text."""
@@ -781,9 +831,7 @@ class Database:
 
     async def set_expiry(self, tenant_id: str, fsa_id: str, expires_after: timedelta | None) -> str:
         """Sets (None: clears) the state's TTL (sms.set_expiry); sms.expiry_of after, as JSON text."""
-        return await self._value(
-            "SELECT sms.set_expiry($1, $2, $3)::text FROM sms.act_for($4)", tenant_id, fsa_id, expires_after
-        )
+        return await self.call(SET_EXPIRY, tenant_id, fsa_id, expires_after)
 
     async def expire_states(self, limit: int) -> list[dict[str, Any]]:
         """One sweep of the TTLs (sms.expire_states): the states it purged, with their last version."""
@@ -798,9 +846,7 @@ class Database:
 
     async def set_policy(self, tenant_id: str, fsa_id: str | None, rules: list[Any], actor: str | None) -> list[Any]:
         """Replaces a state's rules (fsa None: the tenant's defaults); the rules now set."""
-        return await self._value(
-            "SELECT sms.set_policy($1, $2, $3::jsonb, $4) FROM sms.act_for($5)", tenant_id, fsa_id, rules, actor
-        )
+        return await self.call(SET_POLICY, tenant_id, fsa_id, rules, actor)
 
     async def keys_exist(self) -> bool:
         """Whether any API key was ever made: until one is, the service is in protected mode."""
@@ -853,12 +899,32 @@ class SessionSettingsError(Exception):
 
 # The settings Database.connect sends, as the service's SQL reads them when they are not set
 # (sql/068_append_delta.sql, 056_snapshot_every.sql, 032_check_value.sql): what a session holds.
+def session_settings(notify: bool, snapshot_every: int, max_depth: int, max_key_length: int) -> dict[str, str]:
+    """The settings the service's SQL reads from its session (sql/068_append_delta.sql,
+    056_snapshot_every.sql, 032_check_value.sql), as the service's settings make them."""
+    return {
+        "sms.notify": "on" if notify else "off",
+        "sms.snapshot_every": str(snapshot_every),
+        "sms.max_depth": str(max_depth),  # the limits sms.check_value applies
+        "sms.max_key_length": str(max_key_length),
+    }
+
+
+# the settings the service's SQL reads from its session, in the order _SESSION_SETTINGS reads them
+SESSION_SETTINGS = (
+    "sms.notify",
+    "sms.snapshot_every",
+    "sms.max_depth",
+    "sms.max_key_length",
+    "citus.propagate_set_commands",
+)
 _SESSION_SETTINGS = """
 SELECT quote_ident(current_user), quote_ident(current_database()),
        CASE WHEN current_setting('sms.notify', true) = 'off' THEN 'off' ELSE 'on' END,
        sms.snapshot_every()::text,
        sms.limit_setting('max_depth', 32)::text,
-       sms.limit_setting('max_key_length', 512)::text
+       sms.limit_setting('max_key_length', 512)::text,
+       coalesce(current_setting('citus.propagate_set_commands', true), '')
 """
 
 
@@ -931,3 +997,15 @@ def write_args(tenant_id: str, fsa_id: str, body: Any, meta: WriteMeta) -> tuple
         meta.trace_id,
         meta.parent_id,
     )
+
+
+async def _is_citus(dsn: str, connect_timeout: float) -> bool:
+    """Whether `dsn` leads to a database with the citus extension (a Citus coordinator)."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=connect_timeout, statement_cache_size=0)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise database_unavailable(f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc
+    try:
+        return bool(await conn.fetchval("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
+    finally:
+        await conn.close()
