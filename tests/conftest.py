@@ -14,6 +14,7 @@ databases of their own, or a server they can stop, are skipped there.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import tempfile
@@ -96,7 +97,9 @@ def template_db(pg_server: Server) -> Iterator[str]:
     if CITUS_URL:
         name = str(psycopg.conninfo.conninfo_to_dict(CITUS_URL)["dbname"])
         migrate.upgrade(CITUS_URL)
-        asyncio.run(_distribute(CITUS_URL))
+        # in a thread of its own: the first test to ask may be running in an event loop
+        with concurrent.futures.ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, _distribute(CITUS_URL)).result()
         yield name
         return
     name = f"sms_test_template_{os.getpid()}"
@@ -116,7 +119,7 @@ def database_url(pg_server: Server, template_db: str) -> Iterator[str]:
     """A fresh database cloned from the migrated template, dropped after the test (on Citus: the
     one database, emptied)."""
     if CITUS_URL:
-        asyncio.run(_empty(CITUS_URL))
+        _empty(CITUS_URL)
         yield CITUS_URL
         return
     name = f"sms_test_{uuid.uuid4().hex[:12]}"
@@ -204,26 +207,30 @@ async def _distribute(url: str) -> None:
         await conn.close()
 
 
-async def _empty(url: str) -> None:
+def _empty(url: str) -> None:
     """Every table of schema sms emptied, past the append-only triggers (set aside for the TRUNCATE,
-    on every shard, in the same transaction)."""
-    conn = await asyncpg.connect(url, server_settings={"citus.enable_unsafe_triggers": "on"})
-    try:
+    on every shard, in the same transaction), and the database at the head revision again.
+    Synchronous: some fixtures asking for a database run inside an event loop."""
+    with psycopg.connect(url, autocommit=False) as conn:
+        conn.execute("SET LOCAL citus.enable_unsafe_triggers = on")
         tables = [
             row[0]
-            for row in await conn.fetch(
+            for row in conn.execute(
+                "SELECT format('sms.%I', relname) FROM pg_class"
+                " WHERE relnamespace = 'sms'::regnamespace AND relkind = 'r'"
+            )
+        ]
+        triggered = [
+            row[0]
+            for row in conn.execute(
                 "SELECT format('sms.%I', relname) FROM pg_class"
                 " WHERE relnamespace = 'sms'::regnamespace AND relkind = 'r' AND relhastriggers"
             )
         ]
-        everything = await conn.fetch(
-            "SELECT format('sms.%I', relname) FROM pg_class WHERE relnamespace = 'sms'::regnamespace AND relkind = 'r'"
-        )
-        async with conn.transaction():
-            for table in tables:
-                await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
-            await conn.execute("TRUNCATE " + ", ".join(row[0] for row in everything))
-            for table in tables:
-                await conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
-    finally:
-        await conn.close()
+        for table in triggered:
+            conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        conn.execute("TRUNCATE " + ", ".join(tables))
+        for table in triggered:
+            conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER USER")
+        # a test may have stamped another revision (readiness at an older or a newer one)
+        conn.execute("UPDATE public.alembic_version SET version_num = %s", (migrate.revisions()[0],))
