@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from app.db.queries import CALLS
+from app.db.queries import CALLS, is_citus
 
 REFERENCE_TABLES = frozenset({"api_keys"})  # not one tenant's: on every node
 COORDINATOR_TABLES = frozenset({"rate_buckets"})  # the service's request counts: unlogged, on the coordinator
@@ -52,10 +52,6 @@ SELECT p.oid::regprocedure::text AS signature, p.proargnames[1] AS argument, p.p
 
 class NotCitus(Exception):
     """The database is not a Citus coordinator."""
-
-
-async def is_citus(conn: asyncpg.Connection) -> bool:
-    return bool(await conn.fetchval("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
 
 
 async def distribute(conn: asyncpg.Connection, role: str, settings: dict[str, str]) -> dict[str, list[str]]:

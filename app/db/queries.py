@@ -1006,6 +1006,11 @@ async def _is_citus(dsn: str, connect_timeout: float) -> bool:
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise database_unavailable(f"cannot connect to the database: {type(exc).__name__}: {exc}") from exc
     try:
-        return bool(await conn.fetchval("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
+        return await is_citus(conn)
     finally:
         await conn.close()
+
+
+async def is_citus(conn: asyncpg.Connection) -> bool:
+    """Whether the database has the citus extension (a Citus coordinator, when the service connects to it)."""
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')"))
