@@ -5,8 +5,8 @@
 -- and how many rows each table lost. It outlives the state it records and is append-only
 -- (sms.refuse_erasure_change). It is also the key the append-only logs check: a row leaves
 -- sms.deltas, sms.entry_history, sms.task_comments, sms.policy_changes or sms.refusals only in a
--- transaction that has recorded the erasure of its state here (tx_id; sms.refuse_log_change), so
--- no erasure goes unrecorded, the owner's included.
+-- transaction that has recorded the erasure of its state here (the record is that transaction's own
+-- row: sms.refuse_log_change), so no erasure goes unrecorded, the owner's included.
 CREATE TABLE sms.erasures (
     tenant_id       text        NOT NULL,
     fsa_id          text        NOT NULL,
@@ -19,6 +19,5 @@ CREATE TABLE sms.erasures (
     last_version    bigint      NOT NULL,              -- the state's version when it was erased
     through_version bigint,                            -- compact: log and history up to here dropped
     removed         jsonb       NOT NULL DEFAULT '{}', -- rows removed, by table: {"deltas": 12, ...}
-    tx_id           xid8        NOT NULL DEFAULT pg_current_xact_id(),
     PRIMARY KEY (tenant_id, fsa_id, erasure_id)
 );

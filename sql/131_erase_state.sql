@@ -1,3 +1,31 @@
+-- sms.check_tenant_here(tenant): raises feature_not_supported unless this node holds the tenant's
+-- rows — always so on one server; on Citus when the tenant's shards are placed on this node. An
+-- erasure takes the state's lock and fence, advisory locks, which meet the state's writers only on
+-- that node: a purge that a coordinator ran statement by statement would take them where no writer
+-- does, pass a write in flight and leave its rows behind (seen on a cluster: the state then refused
+-- its next delta). sms.erase_state and sms.compact call it first. The argument is not named
+-- p_tenant_id, which `sms migrate --citus` would distribute the function by: a bare call would then
+-- answer on the tenant's node instead of this one.
+CREATE OR REPLACE FUNCTION sms.check_tenant_here(p_tenant text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    -- each statement is planned when it first runs: the Citus catalogs are read only where they are
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = 'sms.states'::regclass)
+       OR EXISTS (SELECT FROM pg_catalog.pg_dist_placement p
+                   WHERE p.shardid = pg_catalog.get_shard_id_for_distribution_column('sms.states', p_tenant)
+                     AND p.groupid = (SELECT groupid FROM pg_catalog.pg_dist_local_group)) THEN
+        RETURN;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
+        MESSAGE = format('the rows of tenant %s are on another node: erase them there, by a bare call that '
+                         'Citus delegates (SELECT sms.purge_state(…), sms.compact(…), sms.expire_state(…)), '
+                         'not statement by statement from here', p_tenant);
+END;
+$$;
+
 -- sms.erase_state(tenant, fsa, actor, key_id): the purge itself, for sms.purge_state and
 -- sms.expire_states, which check who may ask; the service's role may not call it. Under the
 -- state's lock (no delta interleaves) and its fence (sms.state_fence: no comment, alias, policy,
@@ -7,7 +35,7 @@
 -- logs let these deletes through because of that record (sms.refuse_log_change). It then fills in
 -- the record's counts and tells the state's subscribers on sms_changes (unless sms.notify is
 -- 'off'): {"tenant_id", "fsa_id", "purged": true, "version"}. The state then reads as never
--- written. Returns the record.
+-- written. Returns the record. It runs only on the tenant's node (sms.check_tenant_here).
 CREATE OR REPLACE FUNCTION sms.erase_state(p_tenant_id text, p_fsa_id text, p_actor text, p_key_id text)
 RETURNS sms.erasures
 LANGUAGE plpgsql AS $$
@@ -17,6 +45,7 @@ DECLARE
     v_count   bigint;
     v_removed jsonb := '{}';
 BEGIN
+    PERFORM sms.check_tenant_here(p_tenant_id);
     PERFORM sms.state_lock(p_tenant_id, p_fsa_id);
     PERFORM sms.state_fence(p_tenant_id, p_fsa_id, true);
     INSERT INTO sms.erasures (tenant_id, fsa_id, action, actor, key_id, last_version)

@@ -16,7 +16,7 @@ BEGIN
     IF v_allowed IS NOT NULL AND NOT p_tenant_id = ANY (v_allowed) THEN
         RAISE EXCEPTION USING ERRCODE = 'SM010', MESSAGE = format('no state %s/%s', p_tenant_id, p_fsa_id);
     END IF;
-    RETURN to_jsonb(sms.erase_state(p_tenant_id, p_fsa_id, p_actor, p_key_id)) - 'tx_id';
+    RETURN to_jsonb(sms.erase_state(p_tenant_id, p_fsa_id, p_actor, p_key_id));
 END;
 $$;
 REVOKE ALL ON FUNCTION sms.purge_state(text, text, text, text) FROM PUBLIC;

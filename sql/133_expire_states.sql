@@ -1,27 +1,18 @@
--- sms.expire_states(limit): one sweep of the TTLs: purges (sms.erase_state, actor 'ttl') up to
--- `limit` states that have gone `expires_after` without a delta, and returns their erasure
--- records. Each is checked again under its lock, so a delta that came meanwhile keeps its state.
--- The service sweeps every SMS_EXPIRY_SWEEP_SECONDS; SQL users may call it too. States are taken
--- in id order, so that concurrent sweeps lock them in the same order.
+-- sms.expire_states(limit): one sweep of the TTLs in one transaction, for SQL users on one server
+-- (cron): expires (sms.expire_state) up to `limit` of the states sms.expired_states lists, and
+-- returns their erasure records. On Citus it runs on the coordinator, not on the tenants' nodes,
+-- and so refuses to erase (sms.check_tenant_here): there each state is expired by a bare call of
+-- sms.expire_state, as the service's sweeper does.
 CREATE OR REPLACE FUNCTION sms.expire_states(p_limit integer) RETURNS SETOF sms.erasures
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v_state record;
+    v_state   record;
+    v_erasure jsonb;
 BEGIN
-    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value', MESSAGE = 'a sweep expires 1 to 10000 states';
-    END IF;
-    FOR v_state IN
-        SELECT s.tenant_id, s.fsa_id FROM sms.states s
-         WHERE s.expires_after IS NOT NULL AND s.updated_at + s.expires_after <= now()
-         ORDER BY s.tenant_id, s.fsa_id
-         LIMIT p_limit
-    LOOP
-        PERFORM sms.state_lock(v_state.tenant_id, v_state.fsa_id);
-        CONTINUE WHEN NOT EXISTS (SELECT FROM sms.states s
-                                   WHERE s.tenant_id = v_state.tenant_id AND s.fsa_id = v_state.fsa_id
-                                     AND s.updated_at + s.expires_after <= now());
-        RETURN NEXT sms.erase_state(v_state.tenant_id, v_state.fsa_id, 'ttl', NULL);
+    FOR v_state IN SELECT * FROM sms.expired_states(p_limit) LOOP
+        v_erasure := sms.expire_state(v_state.tenant_id, v_state.fsa_id);
+        CONTINUE WHEN v_erasure IS NULL;
+        RETURN NEXT jsonb_populate_record(NULL::sms.erasures, v_erasure);
     END LOOP;
 END;
 $$;

@@ -9,7 +9,8 @@
 -- state's lock; recorded in sms.erasures (action 'compact', through_version) with the rows each
 -- table lost. `before_version` runs from 1 to the current version (SM010 beyond, like time
 -- travel), and not below an earlier compaction point (SM015). The service may compact only
--- states of the tenants it acts for (sms.caller_tenants). Returns the record.
+-- states of the tenants it acts for (sms.caller_tenants). Runs only on the tenant's node
+-- (sms.check_tenant_here), where the state's writers take its lock. Returns the record.
 CREATE OR REPLACE FUNCTION sms.compact(p_tenant_id text, p_fsa_id text, p_before_version bigint,
                                        p_actor text DEFAULT NULL, p_key_id text DEFAULT NULL)
 RETURNS jsonb
@@ -31,6 +32,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = 'before_version is the version to keep the state from: 1 or more';
     END IF;
+    PERFORM sms.check_tenant_here(p_tenant_id);
     PERFORM sms.state_lock(p_tenant_id, p_fsa_id);
     PERFORM sms.check_version(p_tenant_id, p_fsa_id, p_before_version);
 
@@ -70,7 +72,7 @@ BEGIN
                                         'snapshot_entries', v_entries, 'snapshots', v_snaps)
      WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND erasure_id = v_erasure.erasure_id
     RETURNING * INTO v_erasure;
-    RETURN to_jsonb(v_erasure) - 'tx_id';
+    RETURN to_jsonb(v_erasure);
 END;
 $$;
 REVOKE ALL ON FUNCTION sms.compact(text, text, bigint, text, text) FROM PUBLIC;

@@ -88,6 +88,7 @@ ADD_COMMENT = Call("sms.add_comment($1, $2, $3, $4, $5, $6, $7)", 7, text=False)
 SET_ALIAS = Call("sms.set_alias($1, $2, $3, $4)", 4, text=False)
 SET_POLICY = Call("sms.set_policy($1, $2, $3::jsonb, $4)", 4, text=False)
 SET_EXPIRY = Call("sms.set_expiry($1, $2, $3)", 3)
+EXPIRE = Call("sms.expire_state($1, $2)", 2, text=False)
 PURGE = Call("sms.purge_state($1, $2, $3, $4)", 4)
 COMPACT = Call("sms.compact($1, $2, $3, $4, $5)", 5)
 CALLS = (
@@ -100,6 +101,7 @@ CALLS = (
     SET_ALIAS,
     SET_POLICY,
     SET_EXPIRY,
+    EXPIRE,
     PURGE,
     COMPACT,
 )
@@ -833,12 +835,15 @@ class Database:
         """Sets (None: clears) the state's TTL (sms.set_expiry); sms.expiry_of after, as JSON text."""
         return await self.call(SET_EXPIRY, tenant_id, fsa_id, expires_after)
 
-    async def expire_states(self, limit: int) -> list[dict[str, Any]]:
-        """One sweep of the TTLs (sms.expire_states): the states it purged, with their last version."""
-        rows = await self._rows(
-            "SELECT e.tenant_id, e.fsa_id, e.last_version FROM sms.act_for($2), sms.expire_states($1) e", limit
-        )
-        return [dict(row) for row in rows]
+    async def expired_states(self, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` states of any tenant past their TTL (sms.expired_states): (tenant, fsa)."""
+        rows = await self._rows("SELECT e.tenant_id, e.fsa_id FROM sms.act_for($2), sms.expired_states($1) e", limit)
+        return [(row["tenant_id"], row["fsa_id"]) for row in rows]
+
+    async def expire_state(self, tenant_id: str, fsa_id: str) -> dict[str, Any] | None:
+        """Purges the state if it is still past its TTL (sms.expire_state): the erasure's record,
+        or None when a delta came meanwhile or it is gone."""
+        return await self.call(EXPIRE, tenant_id, fsa_id)
 
     async def policies(self, tenant_id: str, fsa_id: str | None) -> dict[str, Any]:
         """{"rules": [...], "defaults": [...]} of a state, or {"rules"} of the tenant's defaults."""

@@ -22,17 +22,6 @@ from sqlalchemy import (
     Uuid,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.types import UserDefinedType
-
-
-class Xid8(UserDefinedType):
-    """PostgreSQL's 64-bit transaction id."""
-
-    cache_ok = True
-
-    def get_col_spec(self) -> str:
-        return "xid8"
-
 
 metadata = MetaData(schema="sms")
 
@@ -239,7 +228,6 @@ erasures = Table(
     Column("last_version", BigInteger, nullable=False),
     Column("through_version", BigInteger),
     Column("removed", JSONB, nullable=False),
-    Column("tx_id", Xid8, nullable=False),
     PrimaryKeyConstraint("tenant_id", "fsa_id", "erasure_id"),
 )
 
