@@ -1,18 +1,14 @@
--- sms.slice_coarse(tenant, fsa, parts): the version of the latest change to each collection (or
--- top-level value) a slice reads: its marker row's version (sms.put_entry keeps it current). When
--- it is unchanged, nothing the slice covers changed either: a cheap first check before
--- sms.slice_fingerprint, one index lookup per part.
-CREATE OR REPLACE FUNCTION sms.slice_coarse(p_tenant_id text, p_fsa_id text, p_parts jsonb) RETURNS text
+-- sms.slice_coarse(tenant, fsa, collections): the version of the latest change to each collection
+-- (or top-level value) a slice reads, from a JSON array of their names: its marker row's version
+-- (sms.put_entry keeps it current). When it is unchanged, nothing the slice covers changed either:
+-- a cheap first check before sms.slice_fingerprint, one index lookup per collection.
+CREATE OR REPLACE FUNCTION sms.slice_coarse(p_tenant_id text, p_fsa_id text, p_collections jsonb) RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
-DECLARE
-    v_coarse text;
 BEGIN
-    SELECT string_agg(coalesce(t.version::text, '-'), ',' ORDER BY p.i)
-      INTO v_coarse
-      FROM jsonb_array_elements(p_parts) WITH ORDINALITY p(part, i)
-      LEFT JOIN sms.entries t
-        ON t.tenant_id = p_tenant_id AND t.fsa_id = p_fsa_id
-       AND t.collection = p.part ->> 'collection' AND NOT t.is_member AND t.member = '';
-    RETURN v_coarse;
+    RETURN (SELECT string_agg(coalesce((SELECT t.version FROM sms.entries t
+                                         WHERE t.tenant_id = p_tenant_id AND t.fsa_id = p_fsa_id
+                                           AND t.collection = c.name AND NOT t.is_member AND t.member = '')::text, '-'),
+                              ',' ORDER BY c.i)
+              FROM jsonb_array_elements_text(p_collections) WITH ORDINALITY c(name, i));
 END;
 $$;

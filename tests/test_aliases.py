@@ -92,6 +92,20 @@ async def test_a_cached_slice_is_read_afresh_when_its_alias_changes(client, seed
     assert "jobs (work:*): 1 of 1" in moved["summary"] and "DESIGN_1" not in moved["summary"]
 
 
+async def test_a_slice_read_before_its_alias_moved_is_never_served_after(client, seeded, conn):
+    """A reader that read through the old alias stores its slice after the alias moved: the row is
+    keyed by the aliases it was read under, so the next read does not find it."""
+    assert (await put_alias(client, "work", "tasks")).status_code == 200
+    await conn.execute("SELECT sms.act_for($1)", [T])
+    stale = await conn.fetchval("SELECT sms.read_slice($1, $2, 'work:*')::text", T, F)
+    assert (await put_alias(client, "work", "jobs")).status_code == 200
+    await conn.execute("SELECT sms.store_slice_summary($1, $2, $3::jsonb, 'tasks of the old alias')", T, F, stale)
+
+    read = await slice_of(client, "work:*")
+    assert (read["cached"], read["slice"]) == (False, {"jobs": {"DESIGN_9": {"status": "QUEUED"}}})
+    assert "old alias" not in read["summary"]
+
+
 @pytest.mark.parametrize("alias", ["1abc", "a:b", "a.b", "a,b", "a b", "x" * 64, "é", "-a"])
 async def test_an_invalid_alias_name_is_a_400_and_changes_nothing(client, seeded, alias):
     response = await put_alias(client, alias, "tasks")

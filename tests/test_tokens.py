@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
-from app.domain.summary import changes_digest, slice_body, slice_header, slice_summary, state_summary
+from app.domain.summary import VERSION_SLACK, changes_digest, slice_body, slice_header, slice_summary, state_summary
 from app.domain.tokens import ESTIMATE, Tokenizer, estimate, tokenizer
 from app.settings import Settings
 
@@ -189,11 +189,27 @@ def test_slice_summaries_keep_to_the_budget(pg, counter, state, spec, k, budget)
     read = read_slice(pg, fsa, spec, k, f"max_tokens={budget}")
     header = slice_header(TENANT, fsa, read["version"], spec, read)
     body = slice_body(read, header, budget, counter)
-    assert counter.count(slice_summary(header, body, budget, counter)) <= budget
+    assert counter.count(slice_summary(header, body, budget, counter, grown=0)) <= budget
     event("lines left out" if "not shown" in body else "whole" if body else "header only")
-    # the cached body, under the header of a version with twelve more digits
-    later = slice_header(TENANT, fsa, read["version"] * 10**12, spec, read)
-    assert counter.count(slice_summary(later, body, budget, counter)) <= budget
+    # the cached body, under the header of a version with more digits: within the slack it is not
+    # counted again, beyond it it is
+    for more in (1, VERSION_SLACK, 12):
+        later = slice_header(TENANT, fsa, read["version"] * 10**more, spec, read)
+        assert counter.count(slice_summary(later, body, budget, counter, grown=more)) <= budget
+
+
+def test_a_cached_body_fits_uncounted_only_within_the_version_slack(pg):
+    """The summary of a cached body is not counted again while its version gained at most
+    VERSION_SLACK digits: at every budget, however tightly the body was fitted, it keeps to it."""
+    fsa = uuid.uuid4().hex
+    tasks = {f"T{i:03d}": {"status": "OPEN" if i % 3 else "DONE", "owner": "a" * (i % 7)} for i in range(60)}
+    pg.execute("SELECT sms.replace_state(%s, %s, %s)", (TENANT, fsa, Jsonb({"tasks": tasks})))
+    for budget in range(40, 240):
+        read = read_slice(pg, fsa, "task:*", None, f"max_tokens={budget}")
+        body = slice_body(read, slice_header(TENANT, fsa, 7, "task:*", read), budget)
+        for more in range(VERSION_SLACK + 4):
+            later = slice_header(TENANT, fsa, 7 * 10**more, "task:*", read)
+            assert estimate(slice_summary(later, body, budget, grown=more)) <= budget, (budget, more)
 
 
 @PROPERTY_SETTINGS

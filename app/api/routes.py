@@ -239,13 +239,18 @@ async def read_slice(
         "fsa_id": fsa_id,
         "version": read["version"],
         "slice": read["slice"],
-        "summary": slice_summary(header, body_text, max_tokens, counter),
+        "summary": slice_summary(header, body_text, max_tokens, counter, grown=_digits_gained(read)),
         "slice_pattern": spec,
         "total": read["total"],
         "truncated": read["truncated"],
         "cached": read["cached"],
     }
     return json_response(jsontext.encode(response), headers={"ETag": f'"{read["version"]}"'})
+
+
+def _digits_gained(read: dict[str, Any]) -> int:
+    """How many digits the version has gained since the slice's summary body was made."""
+    return len(str(read["version"])) - len(str(read.get("computed_at", read["version"])))
 
 
 AliasName = Annotated[

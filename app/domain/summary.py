@@ -43,8 +43,15 @@ def slice_header(tenant_id: str, fsa_id: str, version: int, spec: str, read: dic
     return f"State {tenant_id}/{fsa_id} v{version} · slice {quoted}: {read['total']} matched{cut}"
 
 
-def slice_summary(header: str, body: str, max_tokens: int, tokenizer: Tokenizer = ESTIMATE) -> str:
-    """A header and its (cached) body, within the budget even when the header alone is not."""
+def slice_summary(
+    header: str, body: str, max_tokens: int, tokenizer: Tokenizer = ESTIMATE, grown: int | None = None
+) -> str:
+    """A header and its (cached) body, within the budget even when the header alone is not.
+    `grown`: how many digits the header's version has gained since slice_body fitted the body to
+    it. Within VERSION_SLACK, a body the estimate fitted needs no second count: the estimate counts
+    a digit as one token and text joined by a line break as the sum of its parts."""
+    if body and tokenizer is ESTIMATE and grown is not None and 0 <= grown <= VERSION_SLACK:
+        return header + "\n" + body
     return tokenizer.clip(header + "\n" + body if body else header, max_tokens)
 
 
