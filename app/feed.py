@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +49,17 @@ WAKE_AT_ONCE = 25  # subscribers a reader wakes in one turn of the event loop
 
 Row = tuple[Change, Position, list[bool]]  # a change, its position, whether it touches each slice spec
 
-__all__ = ["Change", "Feed", "Position", "StatePurged"]
+__all__ = ["Change", "Changes", "Feed", "Position", "StatePurged"]
+
+
+class Changes(list[Change]):
+    """A page of changes as a subscription yields it. The subscribers that take a whole page of
+    their reader get the same object, so that what a sender makes of it (an SSE write's bytes) is
+    made once per page, not once per subscriber: `made` keeps it."""
+
+    def __init__(self, changes: Iterable[Change] = ()) -> None:
+        super().__init__(changes)
+        self.made: dict[str, Any] = {}
 
 
 @dataclass(eq=False)
@@ -59,6 +69,14 @@ class _Page:
     after: Position
     rows: list[Row]
     slice_specs: tuple[str, ...]  # the specs each row's flags answer, in order
+    _whole: dict[int | None, Changes] = field(default_factory=dict)
+
+    def whole(self, flag: int | None) -> Changes:
+        """Its changes (those touching slice spec number `flag`): one object for all who take them."""
+        changes = self._whole.get(flag)
+        if changes is None:
+            changes = self._whole[flag] = Changes(c for c, _, wanted in self.rows if flag is None or wanted[flag])
+        return changes
 
 
 @dataclass(eq=False)
@@ -258,7 +276,7 @@ class Feed:
         slice_spec: str | None = None,
         idle_timeout: float | None = None,
         db: Database | None = None,
-    ) -> AsyncIterator[list[Change] | None]:
+    ) -> AsyncIterator[Changes | None]:
         """`subscribe`, a page of changes at a time: what one read of the log found (for a sender
         that writes them at once, as the SSE endpoints do)."""
         db = db or self.db
@@ -292,7 +310,7 @@ class Feed:
                     retry = 0.0
                     if rows:
                         position = rows[-1][1]
-                        changes = [change for change, _, wanted in rows if slice_spec is None or wanted[0]]
+                        changes = Changes(change for change, _, wanted in rows if slice_spec is None or wanted[0])
                         if changes:
                             last_sent = clock()
                             yield changes
@@ -316,12 +334,16 @@ class Feed:
                     me.behind = True  # changes between where it is and this page: read them itself
                     continue
                 flag = None if slice_spec is None else page.slice_specs.index(slice_spec)
-                changes = []
-                for change, at, wanted in page.rows:
-                    if position.before(at, one_state=one_state):
-                        position = at
-                        if flag is None or wanted[flag]:
-                            changes.append(change)
+                if not page.after.before(position, one_state=one_state):  # where the page starts
+                    changes = page.whole(flag)
+                    position = page.rows[-1][1]
+                else:
+                    changes = Changes()
+                    for change, at, wanted in page.rows:
+                        if position.before(at, one_state=one_state):
+                            position = at
+                            if flag is None or wanted[flag]:
+                                changes.append(change)
                 if changes:
                     last_sent = clock()
                     yield changes

@@ -885,6 +885,23 @@ async def test_subscribers_share_one_reader_per_state_and_tenant(database_url, c
     assert feed.readers == 0  # they stop with their last subscriber
 
 
+async def test_subscribers_where_a_page_starts_are_handed_the_same_page(database_url, conn):
+    """What a sender makes of a page (an SSE write's bytes) is made once, not once per subscriber:
+    the subscribers that take a whole page of their reader are handed one and the same object."""
+    await apply_delta(conn, {"n": 1}, TENANT, "a")
+    async with Feed.connect(database_url, poll_interval=3600) as feed:
+        subscriptions = [feed.subscribe_pages(TENANT, "a", since=1) for _ in range(3)]
+        firsts = [asyncio.ensure_future(anext(subscription)) for subscription in subscriptions]
+        joined = lambda: feed.readers == 1 and len(next(iter(feed._readers.values())).subscribers) == 3  # noqa: E731
+        await until(joined, "three subscribers of one reader")
+        await apply_delta(conn, {"n": 2}, TENANT, "a")
+        pages = await asyncio.wait_for(asyncio.gather(*firsts), 10)
+        for subscription in subscriptions:
+            await subscription.aclose()
+    assert [change.version for change in pages[0]] == [2]
+    assert pages[1] is pages[0] and pages[2] is pages[0]
+
+
 async def test_a_subscriber_that_falls_behind_reads_the_log_itself(database_url, conn, monkeypatch):
     monkeypatch.setattr("app.feed.MAX_QUEUED_PAGES", 2)
     async with Feed.connect(database_url, poll_interval=3600) as feed:

@@ -27,7 +27,7 @@ from app.api.routes import Db, FsaId, TenantId, check_ids
 from app.api.schemas import COMMON, EVENT_STREAM, SLICE_SPEC, Answer, documented, header
 from app.db.queries import Database
 from app.domain import jsontext
-from app.feed import Feed, StatePurged
+from app.feed import Change, Feed, StatePurged
 
 SliceFilter = Annotated[
     str | None,
@@ -78,6 +78,10 @@ def _sse_safe(data: bytes) -> bytes:
     return data
 
 
+def _event_id(change: Change, tenant_feed: bool) -> str:
+    return f"{change.fsa_id}:{change.version}" if tenant_feed else str(change.version)
+
+
 def _stream(events: AsyncIterator[bytes]) -> Stream:
     return Stream(
         events,
@@ -102,11 +106,17 @@ async def _events(
             if page is None:
                 yield b": keep-alive\n\n"
                 continue
-            events = []  # a page at once: one write to the socket however many changes it holds
-            for change in page:
-                last_event_id = str(change.version) if fsa_id is not None else f"{change.fsa_id}:{change.version}"
-                events.append(b"id: " + last_event_id.encode() + b"\nevent: change\ndata: " + _sse_safe(change.json))
-            yield b"\n\n".join(events) + b"\n\n"
+            last_event_id = _event_id(page[-1], fsa_id is None)
+            # a page at once: one write to the socket however many changes it holds, its bytes made
+            # once for all the subscribers given the same page
+            text = page.made.get("sse")
+            if text is None:
+                text = page.made["sse"] = b"".join(
+                    b"id: %s\nevent: change\ndata: %s\n\n"
+                    % (_event_id(change, fsa_id is None).encode(), _sse_safe(change.json))
+                    for change in page
+                )
+            yield text
     except StatePurged:
         # the state is gone: no `retry`, no resuming (its versions start again from 0)
         notice = {"status": "purged", "tenant_id": tenant_id, "fsa_id": fsa_id, "last_event_id": last_event_id}
