@@ -19,8 +19,7 @@
   ones, also one written after the sweep listed it; the running service's sweeper does it by
   itself.
 - On Citus (SMS_TEST_CITUS_URL) the same tests hold, the erasures made by bare calls, which Citus
-  delegates to the tenant's node — but for a summary being cached, which the service writes from
-  the coordinator (xfail there); a purge, compaction or sweep run statement by statement from the
+  delegates to the tenant's node; a purge, compaction or sweep run statement by statement from the
   coordinator is refused and erases nothing (on one server it runs).
 - Compaction: replaying the kept log on the compaction snapshot gives the current state, every
   version from the snapshot on reads as before, and an older one — or the log after one — is the
@@ -36,7 +35,6 @@ import asyncio
 import contextlib
 import inspect
 import json
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -44,7 +42,17 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from helpers import apply_delta, assert_problem, document, log_rows, log_versions, snapshot, version
+from helpers import (
+    apply_delta,
+    assert_problem,
+    document,
+    listening,
+    log_rows,
+    log_versions,
+    on_citus,
+    snapshot,
+    version,
+)
 from test_auth import auth_on, bearer, make_key
 
 from app.db.roles import api_database_url
@@ -160,10 +168,6 @@ async def background(coroutine: Awaitable[Any]) -> AsyncIterator[asyncio.Task[An
             await task
 
 
-async def on_citus(conn: asyncpg.Connection) -> bool:
-    return await conn.fetchval("SELECT to_regclass('pg_catalog.pg_dist_node') IS NOT NULL")
-
-
 async def lock_wait(conn: asyncpg.Connection, other: asyncpg.Connection) -> Callable[[], Awaitable[bool]]:
     """A check, asked on `conn`, of whether what `other` runs waits for a lock: in its own backend,
     and on Citus in any node's backend that runs it (a delegated call waits on the tenant's node)."""
@@ -174,24 +178,6 @@ async def lock_wait(conn: asyncpg.Connection, other: asyncpg.Connection) -> Call
         query = "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock')"
         backend = other.get_server_pid()
     return lambda: conn.fetchval(query, backend)
-
-
-@contextlib.asynccontextmanager
-async def hearing(database_url: str) -> AsyncIterator[asyncio.Queue[str]]:
-    """The payloads of sms_changes where they are sent: the database's, and on Citus every
-    worker's too (a delegated write notifies on its tenant's node)."""
-    heard: asyncio.Queue[str] = asyncio.Queue()
-    conns = [await asyncpg.connect(database_url)]
-    try:
-        if await on_citus(conns[0]):
-            for host, port in await conns[0].fetch("SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0"):
-                conns.append(await asyncpg.connect(database_url, host=host, port=port))
-        for each in conns:
-            await each.add_listener("sms_changes", lambda *args: heard.put_nowait(args[-1]))
-        yield heard
-    finally:
-        for each in conns:
-            await each.close()
 
 
 # ---------------------------------------------------------------- the purge
@@ -261,17 +247,7 @@ WRITES_IN_FLIGHT = {
 }
 
 
-# On Citus a purge (delegated) waits for what is written on the tenant's node: the writers the
-# service calls bare and delegated (app/db/queries.py, CALLS). sms.store_slice_summary is none of
-# them: it takes the state's fence on the coordinator, and the summary outlives the purge.
-UNFENCED_ON_CITUS = pytest.mark.xfail(
-    bool(os.environ.get("SMS_TEST_CITUS_URL")), reason="store_slice_summary is not delegated", strict=True
-)
-
-
-@pytest.mark.parametrize(
-    "write", [pytest.param(w, marks=UNFENCED_ON_CITUS) if w == "summary" else w for w in sorted(WRITES_IN_FLIGHT)]
-)
+@pytest.mark.parametrize("write", sorted(WRITES_IN_FLIGHT))
 async def test_a_purge_waits_for_a_write_in_flight_and_erases_it_too(database_url, conn, write):
     """The purge takes the state's lock and its fence: a delta, comment, alias, policy, cached
     summary or TTL being written commits first, and goes too."""
@@ -317,7 +293,7 @@ async def test_sse_subscribers_get_a_final_purged_event_and_listeners_a_notice(d
     await apply_delta(conn, {"n": 2})
     events: list[dict[str, str]] = []
     async with (
-        hearing(database_url) as heard,
+        listening(database_url) as heard,
         httpx.AsyncClient(base_url=live_url, timeout=STREAM_TIMEOUT) as http,
         background(sse_events(http, "/state/t/f/events?since=0", events)) as stream,
     ):
@@ -325,7 +301,7 @@ async def test_sse_subscribers_get_a_final_purged_event_and_listeners_a_notice(d
         assert [(e["event"], e["id"]) for e in events] == [("change", "1"), ("change", "2")]
         assert (await http.delete("/state/t/f")).status_code == 200
         await asyncio.wait_for(stream, WAIT_SECONDS)  # the service ends the stream
-        payload = await asyncio.wait_for(heard.get(), WAIT_SECONDS)
+        payload = await heard.next_payload()
         assert json.loads(payload) == {"tenant_id": "t", "fsa_id": "f", "purged": True, "version": 2}
     assert [e["event"] for e in events] == ["change", "change", "purged"]
     assert "id" not in events[-1] and "retry" not in events[-1]

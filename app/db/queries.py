@@ -64,10 +64,13 @@ class Call:
     expression: str
     arguments: int
     text: bool = True
+    relaxed: bool = False  # a cache's write, whose commit need not wait for the WAL (_RELAXED_COMMIT)
 
     @property
     def alone(self) -> str:
-        return f"SELECT {self.expression}{'::text' if self.text else ''} FROM sms.act_for(${self.arguments + 1})"
+        cast = "::text" if self.text else ""
+        relaxed = f", {_RELAXED_COMMIT}" if self.relaxed else ""
+        return f"SELECT {self.expression}{cast} FROM sms.act_for(${self.arguments + 1}){relaxed}"
 
     @property
     def bare(self) -> str:
@@ -91,6 +94,7 @@ SET_EXPIRY = Call("sms.set_expiry($1, $2, $3)", 3)
 EXPIRE = Call("sms.expire_state($1, $2)", 2, text=False)
 PURGE = Call("sms.purge_state($1, $2, $3, $4)", 4)
 COMPACT = Call("sms.compact($1, $2, $3, $4, $5)", 5)
+STORE_SUMMARY = Call("sms.store_slice_summary($1, $2, $3, $4)", 4, text=False, relaxed=True)
 CALLS = (
     APPLY,
     REPLACE,
@@ -104,8 +108,10 @@ CALLS = (
     EXPIRE,
     PURGE,
     COMPACT,
+    STORE_SUMMARY,
 )
 _ACT_FOR = "SELECT sms.act_for($1)"
+_ACT_FOR_RELAXED = "SELECT sms.act_for($1), set_config('synchronous_commit', 'off', true)"
 
 # Built as text rather than with json_build_object, whose output pads every colon with spaces.
 _READ_STATE = """
@@ -510,7 +516,7 @@ class Database:
         if not self.citus:
             return await self._value(call.alone, *args)
         async with self._connection() as conn:
-            await conn.execute(_ACT_FOR, self.tenants)
+            await conn.execute(_ACT_FOR_RELAXED if call.relaxed else _ACT_FOR, self.tenants)
             value = await conn.fetchval(call.bare, *args)
         return jsontext.encode(value).decode() if call.text and value is not None else value
 
@@ -628,13 +634,7 @@ class Database:
         return await self._read(read, tenant_id, fsa_id, min_version, heavy=where is not None)
 
     async def store_slice_summary(self, tenant_id: str, fsa_id: str, read: dict[str, Any], summary: str) -> None:
-        await self._value(
-            f"SELECT sms.store_slice_summary($1, $2, $3, $4) FROM sms.act_for($5), {_RELAXED_COMMIT}",  # a cache
-            tenant_id,
-            fsa_id,
-            read,
-            summary,
-        )
+        await self.call(STORE_SUMMARY, tenant_id, fsa_id, read, summary)
 
     async def read_document(
         self, tenant_id: str, fsa_id: str, min_version: int | None = None
