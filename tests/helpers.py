@@ -111,10 +111,10 @@ async def snapshot(conn: asyncpg.Connection, tenant: str = TENANT, fsa: str = FS
 
 
 class Feed:
-    """Notifications heard on a dedicated LISTEN connection, as JSON payloads in arrival order."""
+    """Notifications heard on dedicated LISTEN connections, as JSON payloads in arrival order."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
+    def __init__(self, conns: list[asyncpg.Connection]) -> None:
+        self.conns = conns
         self.raw: asyncio.Queue[str] = asyncio.Queue()
 
     def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
@@ -128,24 +128,35 @@ class Feed:
         return json.loads(await self.next_payload())
 
     async def assert_silent(self) -> None:
-        """Nothing arrived: a round trip on the listener delivers anything already sent."""
-        await self.conn.fetchval("SELECT 1")
-        await asyncio.sleep(0.1)
-        await self.conn.fetchval("SELECT 1")
+        """Nothing arrived: a round trip on each listener delivers anything already sent."""
+        for _ in range(2):
+            for conn in self.conns:
+                await conn.fetchval("SELECT 1")
+            await asyncio.sleep(0.1)
         await asyncio.sleep(0)
         assert self.raw.empty(), f"unexpected notification: {self.raw.get_nowait()}"
 
 
+async def on_citus(conn: asyncpg.Connection) -> bool:
+    return await conn.fetchval("SELECT to_regclass('pg_catalog.pg_dist_node') IS NOT NULL")
+
+
 @contextlib.asynccontextmanager
 async def listening(database_url: str) -> AsyncIterator[Feed]:
-    """LISTEN sms_changes on a connection of its own (NOTIFY is delivered per database, on commit)."""
-    conn = await asyncpg.connect(database_url)
-    feed = Feed(conn)
+    """LISTEN sms_changes on a connection of its own (NOTIFY is delivered per database, on commit)
+    — on Citus on every worker too: a delegated write notifies on its tenant's node."""
+    conns = [await asyncpg.connect(database_url)]
+    feed = Feed(conns)
     try:
-        await conn.add_listener(CHANNEL, feed._heard)
+        if await on_citus(conns[0]):
+            for host, port in await conns[0].fetch("SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0"):
+                conns.append(await asyncpg.connect(database_url, host=host, port=port))
+        for conn in conns:
+            await conn.add_listener(CHANNEL, feed._heard)
         yield feed
     finally:
-        await conn.close()
+        for conn in conns:
+            await conn.close()
 
 
 def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:

@@ -4,8 +4,7 @@ application/problem+json (never a 500) and changes nothing (DESIGN §4, §8)."""
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -268,25 +267,14 @@ async def seed(client, conn, tenant: str = "t") -> tuple:
     return before
 
 
-@pytest.fixture(scope="module")
-def shared_database_url(pg_server, template_db) -> Iterator[str]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared(module_database_url) -> AsyncIterator[tuple[AsyncTestClient, asyncpg.Connection]]:
     """One database for the whole battery: each case seeds a tenant of its own, and every case
     leaves every table exactly as it found it, which is what the cases check."""
-    name = f"sms_test_bad_{uuid.uuid4().hex[:12]}"
-    janitor = pg_server.janitor(name, template=template_db)
-    janitor.init()
+    settings = service_settings(module_database_url, pool_min_size=1, pool_max_size=4)
+    connection = await asyncpg.connect(module_database_url)
     try:
-        yield pg_server.url(name)
-    finally:
-        janitor.drop()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared(shared_database_url) -> AsyncIterator[tuple[AsyncTestClient, asyncpg.Connection]]:
-    settings = service_settings(shared_database_url, pool_min_size=1, pool_max_size=4)
-    connection = await asyncpg.connect(shared_database_url)
-    try:
-        async with AsyncTestClient(app=create_app(settings, shared_database_url)) as test_client:
+        async with AsyncTestClient(app=create_app(settings, module_database_url)) as test_client:
             yield test_client, connection
     finally:
         await connection.close()
