@@ -207,7 +207,7 @@ async def test_listener_reconnects_are_counted(client, conn):
     before = value(await scrape(client), "sms_listener_reconnects_total")
     listener = client.app.state.feed.listener
     await until(lambda: _true(listener.connected.is_set()), "the listener connected")
-    assert await conn.fetchval("SELECT pg_terminate_backend($1)", listener.backend_pid)
+    assert await conn.fetchval("SELECT pg_terminate_backend($1::int)", listener.backend_pid)  # Citus adds a bigint one
 
     async def reconnected() -> bool:
         samples = await scrape(client)
