@@ -114,38 +114,35 @@ def template_db(pg_server: Server) -> Iterator[str]:
         janitor.drop()
 
 
-@pytest.fixture
-def database_url(pg_server: Server, template_db: str) -> Iterator[str]:
-    """A fresh database cloned from the migrated template, dropped after the test (on Citus: the
-    one database, emptied)."""
+@contextlib.contextmanager
+def _clone(pg_server: Server, template_db: str, prefix: str) -> Iterator[str]:
+    """A database cloned from the migrated template, dropped after (on Citus: the one database,
+    emptied)."""
     if CITUS_URL:
         _empty(CITUS_URL)
         yield CITUS_URL
         return
-    name = f"sms_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     janitor = pg_server.janitor(name, template=template_db)
     janitor.init()
     try:
         yield pg_server.url(name)
     finally:
         janitor.drop()
+
+
+@pytest.fixture
+def database_url(pg_server: Server, template_db: str) -> Iterator[str]:
+    """A fresh database for the test (_clone)."""
+    with _clone(pg_server, template_db, "sms_test_") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def module_database_url(pg_server: Server, template_db: str) -> Iterator[str]:
-    """A database cloned from the migrated template for a whole module's tests (on Citus: the one
-    database, emptied)."""
-    if CITUS_URL:
-        _empty(CITUS_URL)
-        yield CITUS_URL
-        return
-    name = f"sms_test_module_{uuid.uuid4().hex[:12]}"
-    janitor = pg_server.janitor(name, template=template_db)
-    janitor.init()
-    try:
-        yield pg_server.url(name)
-    finally:
-        janitor.drop()
+    """A database for a whole module's tests (_clone)."""
+    with _clone(pg_server, template_db, "sms_test_module_") as url:
+        yield url
 
 
 @pytest.fixture
