@@ -46,9 +46,9 @@ SQLSTATE_PROBLEMS: dict[str, tuple[int, str, str]] = {
     "57P01": (503, "database-unavailable", "The database is shutting down"),
     "57P02": (503, "database-unavailable", "The database is shutting down"),
     "57P03": (503, "database-unavailable", "The database is starting up"),
-    # whole classes, for the codes not named above
     # an erasure run where its tenant's rows are not (on Citus without sms migrate --citus's delegation)
     "0A000": (503, "database-not-ready", "The database is not set up to run this here (run sms migrate --citus)"),
+    # whole classes, for the codes not named above
     "08": (503, "database-unavailable", "The connection to the database failed"),
     "22": (422, "invalid-value", "A value is invalid"),
     "23": (409, "conflict", "The write conflicts with what is stored"),

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from app.db.queries import is_citus
 from app.demo import local_service
 from app.settings import Settings
 
@@ -137,10 +138,6 @@ class Feed:
         assert self.raw.empty(), f"unexpected notification: {self.raw.get_nowait()}"
 
 
-async def on_citus(conn: asyncpg.Connection) -> bool:
-    return await conn.fetchval("SELECT to_regclass('pg_catalog.pg_dist_node') IS NOT NULL")
-
-
 @contextlib.asynccontextmanager
 async def listening(database_url: str) -> AsyncIterator[Feed]:
     """LISTEN sms_changes on a connection of its own (NOTIFY is delivered per database, on commit)
@@ -148,7 +145,7 @@ async def listening(database_url: str) -> AsyncIterator[Feed]:
     conns = [await asyncpg.connect(database_url)]
     feed = Feed(conns)
     try:
-        if await on_citus(conns[0]):
+        if await is_citus(conns[0]):
             for host, port in await conns[0].fetch("SELECT nodename, nodeport FROM pg_dist_node WHERE groupid <> 0"):
                 conns.append(await asyncpg.connect(database_url, host=host, port=port))
         for conn in conns:

@@ -111,7 +111,6 @@ CALLS = (
     STORE_SUMMARY,
 )
 _ACT_FOR = "SELECT sms.act_for($1)"
-_ACT_FOR_RELAXED = "SELECT sms.act_for($1), set_config('synchronous_commit', 'off', true)"
 
 # Built as text rather than with json_build_object, whose output pads every colon with spaces.
 _READ_STATE = """
@@ -130,6 +129,7 @@ _READ_DELTAS = "SELECT sms.read_deltas($1, $2, $3, $4) FROM sms.act_for($5)"
 # WAL to reach the disk (synchronous_commit off, for this transaction alone). A crash may forget
 # the last few hits; it cannot lose or corrupt anything.
 _RELAXED_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) relaxed"
+_ACT_FOR_RELAXED = f"SELECT sms.act_for($1) FROM {_RELAXED_COMMIT}"
 
 _READ_SLICE = (
     f"SELECT sms.read_slice_counted($1, $2, $3, $4, $5, $6::jsonpath, $7) FROM sms.act_for($8), {_RELAXED_COMMIT}"
