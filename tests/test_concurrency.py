@@ -142,6 +142,41 @@ async def test_50_http_clients_increment_through_a_real_server(live_url, databas
         await conn.close()
 
 
+async def test_reads_under_writers_show_one_version_whole(live_url):
+    # Every delta adds 1 to two collections' counters, so a state's read (version and document,
+    # from the SQL functions it calls) is of one moment exactly when both are its version less one.
+    writers, per_writer = 8, 15
+    seen: list[tuple[int, Decimal, Decimal]] = []
+    done = asyncio.Event()
+    async with httpx.AsyncClient(base_url=live_url, timeout=60) as http:
+        assert (await http.post("/state/t/f", json={"a": {"n": 0}, "b": {"n": 0}})).status_code == 200
+
+        async def writer() -> None:
+            for _ in range(per_writer):
+                response = await http.post("/state/t/f/delta", json={"a.n": {"$inc": 1}, "b.n": {"$inc": 1}})
+                assert response.status_code == 200, response.text
+
+        async def reader(path: str) -> None:
+            while not done.is_set():
+                response = await http.get(path)
+                assert response.status_code == 200, response.text
+                body = json.loads(response.text, parse_float=Decimal)
+                state = body["state"] if "state" in body else body["slice"]
+                seen.append((body["version"] - 1, state["a"]["n"], state["b"]["n"]))
+
+        readers = [
+            asyncio.create_task(reader(path))
+            for path in ("/state/t/f", "/state/t/f", "/state/t/f/slice?slice=a.n,b.n", "/state/t/f/slice?slice=a.*,b.*")
+        ]
+        try:
+            await run_together([writer() for _ in range(writers)])
+        finally:
+            done.set()
+            await asyncio.gather(*readers)
+    assert len(seen) > len(readers)
+    assert [(v, a, b) for v, a, b in seen if not v == a == b] == []
+
+
 async def test_concurrent_set_adds_and_pushes_lose_nothing(database_url):
     """Writers on one entry (tasks.T1): $add to a set and $push to a list, interleaved."""
     writers, per_writer = 40, 10

@@ -12,6 +12,7 @@ import random
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -88,6 +89,31 @@ async def test_a_second_identical_read_is_a_hit_with_the_same_answer(seeded, con
     assert first["slice"] == {"tasks": DESIGN}
     rows = await cache_rows(conn)
     assert len(rows) == 1 and rows[0]["version"] == 1 and rows[0]["hits"] == 1
+
+
+async def test_a_hit_read_in_one_snapshot_goes_uncounted_when_its_row_moved_on(seeded, conn, database_url):
+    # The service's reads on Citus run in one snapshot (repeatable read): a row another reader
+    # bumped since cannot be updated there, and the read answers all the same.
+    await get_slice(seeded, "metric:*")
+    assert (await get_slice(seeded, "metric:*"))["cached"] is True
+    [row] = await cache_rows(conn)
+    options = json.loads(row["request"])["options"]  # the service's (its token budget)
+    other = await asyncpg.connect(database_url)
+    try:
+        async with other.transaction(isolation="repeatable_read"):
+            await other.fetchval("SELECT count(*) FROM sms.summary_cache")  # takes the snapshot
+            assert (await get_slice(seeded, "metric:*"))["cached"] is True  # bumps the row: 2 hits
+            read = json.loads(
+                await other.fetchval(
+                    "SELECT sms.read_slice_counted($1, $2, 'metric:*', NULL, 'key', NULL, $3)::text", T, F, options
+                )
+            )
+            assert read["cached"] is True and read["slice"] == {"metrics": SEED["metrics"]}
+    finally:
+        await other.close()
+    assert [row["hits"] for row in await cache_rows(conn)] == [2]
+    assert (await get_slice(seeded, "metric:*"))["cached"] is True
+    assert [row["hits"] for row in await cache_rows(conn)] == [3]
 
 
 async def test_hits_are_counted(seeded, conn):

@@ -353,23 +353,25 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def _connection(
-        self, heavy: bool = False, pool: asyncpg.Pool | None = None
+        self, heavy: bool = False, pool: asyncpg.Pool | None = None, snapshot: bool = False
     ) -> AsyncIterator[asyncpg.Connection]:
         """A connection of `pool` (default: the primary's; for an expensive read, one of its share:
         `heavy`); database errors leave as `Problem`s. Giving the connection back never fails the
         work done on it: a statement that committed has its answer, even when the pool's reset of
-        the connection meets a server that is going down just then."""
+        the connection meets a server that is going down just then. On Citus its work is one
+        transaction block, of one snapshot for a read of a state (`snapshot`): each statement a
+        function sends to the tenant's node would otherwise see a moment of its own there."""
         pool = pool or self.pool
         if heavy:
             async with self._heavy_turn():
-                async with self._connection(pool=pool) as conn:
+                async with self._connection(pool=pool, snapshot=snapshot) as conn:
                     yield conn
             return
         try:
             conn = await pool.acquire(timeout=self.acquire_timeout)
             try:
                 if self.citus and not conn.is_in_transaction():
-                    async with conn.transaction():
+                    async with conn.transaction(isolation="repeatable_read" if snapshot else None):
                         yield conn
                 else:
                     yield conn
@@ -429,13 +431,13 @@ class Database:
             replica = await self._replica_for(tenant_id, fsa_id, min_version)
             if replica is not None:
                 try:
-                    async with self._connection(pool=replica) as conn:
+                    async with self._connection(pool=replica, snapshot=True) as conn:
                         return await read(conn, True)
                 except Problem as problem:
                     if not _replica_failed(problem):
                         raise
                     log.warning("a read replica failed (%s); the primary answers", problem.slug)
-            async with self._connection() as conn:
+            async with self._connection(snapshot=True) as conn:
                 return await read(conn, False)
 
     async def _read_query(
