@@ -12,9 +12,13 @@ BEGIN
                              'empty, and only \. and \\ may be escaped', p_path),
             DETAIL = jsonb_build_object('path', p_path)::text;
     END IF;
-    SELECT array_agg(regexp_replace(m[1], '\\(.)', '\1', 'g') ORDER BY n)
-      INTO v_keys
-      FROM regexp_matches(p_path, '((?:[^.\\]|\\[.\\])+)', 'g') WITH ORDINALITY AS t(m, n);
+    IF strpos(p_path, '\') = 0 THEN  -- nothing escaped (nearly always): split at the dots
+        v_keys := string_to_array(p_path, '.');
+    ELSE
+        SELECT array_agg(regexp_replace(m[1], '\\(.)', '\1', 'g') ORDER BY n)
+          INTO v_keys
+          FROM regexp_matches(p_path, '((?:[^.\\]|\\[.\\])+)', 'g') WITH ORDINALITY AS t(m, n);
+    END IF;
     IF cardinality(v_keys) > 64 THEN
         RAISE EXCEPTION USING
             ERRCODE = 'SM006',

@@ -342,6 +342,28 @@ async def test_escaped_path_is_reported_escaped_in_changed(conn):
     assert result["changed"] == ["x.y\\.z"]
 
 
+@pytest.mark.parametrize(
+    ("path", "keys"),
+    [
+        ("a", ["a"]),
+        ("a.b.c", ["a", "b", "c"]),
+        ("a\\.b", ["a.b"]),
+        ("x.y\\.z", ["x", "y.z"]),
+        ("back\\\\slash.k", ["back\\slash", "k"]),
+        ("\\\\\\.", ["\\."]),
+        ("é.ü\\.ß", ["é", "ü.ß"]),
+    ],
+)
+async def test_paths_and_their_keys_are_each_others_inverse(conn, path, keys):
+    assert await conn.fetchval("SELECT sms.parse_path($1)", path) == keys
+    assert await conn.fetchval("SELECT sms.format_path($1::text[])", keys) == path
+
+
+async def test_no_keys_format_as_no_path(conn):
+    assert await conn.fetchval("SELECT sms.format_path('{}'::text[])") is None
+    assert await conn.fetchval("SELECT sms.format_path(NULL::text[])") is None
+
+
 MALFORMED = [
     ({"a..b": 1}, "a..b"),
     ({".a": 1}, ".a"),
