@@ -1,8 +1,9 @@
 """Citus benchmark: deltas delegated to the tenant's node or run from the coordinator; tenants spread.
 
 latency — one writer, one small delta at a time, each its own transaction, to one state: a
-counter (`{"n": {"$inc": 1}}`), and the counter with a member of a collection (`"tasks": {"T1": …}`,
-which also keeps the collection's member counts and marker):
+counter (`{"n": {"$inc": 1}}`); the counter and a member of a collection (`"tasks.T1": {…}`, which
+also keeps the collection's member counts and marker); the counter and a whole collection replaced
+(`"tasks": {"T1": …}`: its old members removed, the new ones inserted and counted afresh):
   * delegated: `SELECT sms.apply_delta(…)`, a bare call of a function distributed by its tenant
     argument, which Citus sends whole to the tenant's worker (one round trip there);
   * coordinator: `SELECT sms.apply_delta(…)::text` — the cast keeps Citus from delegating, so the
@@ -52,7 +53,9 @@ from bench.report import Check, finish
 TENANTS = 32
 WRITERS = 16
 COUNTER = json.dumps({"n": {"$inc": 1}})  # one entry
-MEMBER = json.dumps({"n": {"$inc": 1}, "tasks": {"T1": {"status": "OPEN", "owner": "bench"}}})  # and a member
+MEMBER = json.dumps({"n": {"$inc": 1}, "tasks.T1": {"status": "OPEN", "owner": "bench"}})  # and a member
+COLLECTION = json.dumps({"n": {"$inc": 1}, "tasks": {"T1": {"status": "OPEN", "owner": "bench"}}})  # a whole one
+KINDS = {"": COUNTER, ", with a member": MEMBER, ", replacing a collection": COLLECTION}
 DELTA = COUNTER
 
 
@@ -158,12 +161,12 @@ async def measure(url: str, plan: Plan) -> dict[str, Any]:
             " JOIN pg_dist_node n ON n.groupid = p.groupid",
             [f"bench-{n}" for n in range(TENANTS)],
         )
-        latency = {
-            "delegated": await timed_calls(owner, DELEGATED, "bench-0", "latency-delegated", plan),
-            "coordinator": await timed_calls(owner, ON_COORDINATOR, "bench-0", "latency-coordinator", plan),
-            "delegated, with a member": await timed_calls(owner, DELEGATED, "bench-0", "member-d", plan, MEMBER),
-            "coordinator, with a member": await timed_calls(owner, ON_COORDINATOR, "bench-0", "member-c", plan, MEMBER),
-        }
+        latency = {}
+        for n, (kind, delta) in enumerate(KINDS.items()):
+            for where_run, query in (("delegated", DELEGATED), ("coordinator", ON_COORDINATOR)):
+                latency[where_run + kind] = await timed_calls(
+                    owner, query, "bench-0", f"latency-{n}-{where_run}", plan, delta
+                )
         db = await Database.connect(api_database_url(url), min_size=1, max_size=2)
         try:
             latency["service (sms_api), delegated"] = await service_calls(db, "bench-1", "service", plan)
@@ -212,7 +215,7 @@ def _count(nodes: Any) -> dict[str, int]:
 
 def _coordinator(name: str) -> str:
     """The coordinator-executed case a row compares with."""
-    return "coordinator, with a member" if name.endswith("with a member") else "coordinator"
+    return "coordinator" + next((kind for kind in KINDS if kind and name.endswith(kind)), "")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
