@@ -284,6 +284,10 @@ class Database:
             options["server_settings"] |= {
                 "statement_timeout": str(statement_timeout_ms),
                 "citus.propagate_set_commands": "local",
+                # Citus hides shards from catalog queries with a filter that reads its metadata per
+                # row: asyncpg's look-up of a type (an array's, once per connection) took ~1 s on a
+                # coordinator, and a burst of new connections timed out; the service names no shard
+                "citus.override_table_visibility": "off",
             }
         else:
             options["server_settings"] |= {"statement_timeout": str(statement_timeout_ms), **session}
