@@ -97,6 +97,10 @@ async def current(client, url: str = URL) -> tuple[int, Any]:
 @pytest.fixture
 def pg(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True) as connection:
+        if connection.execute("SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus')").fetchone()[0]:
+            # a delegated call runs in a session of the tenant's node: a SET LOCAL reaches it, as the
+            # service's act_for does, a session's SET does not
+            connection.execute("SET citus.propagate_set_commands = 'local'")
         yield connection
 
 
@@ -162,36 +166,40 @@ def sql_document(pg: psycopg.Connection, tenant: str, fsa: str) -> Any:
     return decode(pg.execute("SELECT sms.document(%s, %s)::text", (tenant, fsa)).fetchone()[0])
 
 
-def apply_step(pg: psycopg.Connection, tenant: str, fsa: str, kind: str, body: Any, actor: str | None) -> bool:
-    """One write through SQL; False when it was refused for one of the expected reasons."""
+def apply_step(
+    pg: psycopg.Connection, tenant: str, fsa: str, kind: str, body: Any, actor: str | None, every: int
+) -> bool:
+    """One write through SQL, a snapshot every `every` versions; False when it was refused for one
+    of the expected reasons."""
     try:
-        if kind == "delta":
-            pg.execute(
-                "SELECT sms.apply_delta(%s, %s, %s::jsonb, p_actor => %s)", (tenant, fsa, json.dumps(body), actor)
-            )
-        elif kind == "replace":
-            pg.execute(
-                "SELECT sms.replace_state(%s, %s, %s::jsonb, p_actor => %s)", (tenant, fsa, json.dumps(body), actor)
-            )
-        else:
-            target = int(body * state_version(pg, tenant, fsa))
-            pg.execute("SELECT sms.rollback(%s, %s, %s, p_actor => %s)", (tenant, fsa, target, actor))
+        with pg.transaction():
+            pg.execute(f"SET LOCAL sms.snapshot_every = {int(every)}")
+            sql_write(pg, tenant, fsa, kind, body, actor)
     except psycopg.Error as exc:
         assert exc.sqlstate in REJECTED, f"{exc.sqlstate}: {exc}"
         return False
     return True
 
 
+def sql_write(pg: psycopg.Connection, tenant: str, fsa: str, kind: str, body: Any, actor: str | None) -> None:
+    if kind == "delta":
+        pg.execute("SELECT sms.apply_delta(%s, %s, %s::jsonb, p_actor => %s)", (tenant, fsa, json.dumps(body), actor))
+    elif kind == "replace":
+        pg.execute("SELECT sms.replace_state(%s, %s, %s::jsonb, p_actor => %s)", (tenant, fsa, json.dumps(body), actor))
+    else:
+        target = int(body * state_version(pg, tenant, fsa))
+        pg.execute("SELECT sms.rollback(%s, %s, %s, p_actor => %s)", (tenant, fsa, target, actor))
+
+
 @pytest.mark.parametrize("every", [1, 3, 7])
 @PROPERTY_SETTINGS
 @given(steps=steps)
 def test_the_state_at_every_version_is_the_replay_of_the_log_up_to_it(pg, every, steps):
-    pg.execute(f"SET sms.snapshot_every = {every}")
     tenant, fsa = "tt", uuid.uuid4().hex
     written = {0: {}}  # version -> the document read right after the write
     for kind, body, actor in steps:
         before = state_version(pg, tenant, fsa)
-        applied = apply_step(pg, tenant, fsa, kind, body, actor)
+        applied = apply_step(pg, tenant, fsa, kind, body, actor, every)
         now = state_version(pg, tenant, fsa)
         event(f"{kind} {'applied' if applied and now > before else 'not logged'}")
         if now > before:

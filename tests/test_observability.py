@@ -426,7 +426,7 @@ async def password_roles(pg_server, database_url) -> AsyncIterator[tuple[str, st
     suffix = uuid.uuid4().hex[:10]
     owner, api = f"obs_owner_{suffix}", f"obs_api_{suffix}"
     passwords = [f"pw-owner-{uuid.uuid4().hex}", f"pw-api-{uuid.uuid4().hex}"]
-    admin = await asyncpg.connect(pg_server.url("postgres"))
+    admin = await asyncpg.connect(database_url)  # on Citus, where roles made reach the workers too
     try:
         await admin.execute(f"CREATE ROLE {owner} LOGIN SUPERUSER PASSWORD '{passwords[0]}'")
         await admin.execute(f"CREATE ROLE {api} LOGIN INHERIT PASSWORD '{passwords[1]}' IN ROLE sms_api")

@@ -21,7 +21,16 @@ from typing import Any
 
 import asyncpg
 import pytest
-from helpers import apply_delta, assert_problem, canonical, document, log_rows, logged_plans, plan_nodes
+from helpers import (
+    apply_delta,
+    assert_problem,
+    canonical,
+    document,
+    log_rows,
+    logged_plans,
+    one_server_plans,
+    plan_nodes,
+)
 
 from app.db.queries import _READ_LINEAGE
 from app.domain.delta import escape_key
@@ -400,6 +409,7 @@ def index_scans(plan: dict[str, Any], index: str) -> list[dict[str, Any]]:
 
 
 async def explain(conn: asyncpg.Connection, query: str, *args: Any) -> dict[str, Any]:
+    await one_server_plans(conn)
     return json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + query, *args))[0]["Plan"]
 
 
