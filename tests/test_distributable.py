@@ -11,6 +11,7 @@ import sys
 
 import asyncpg
 import pytest
+from helpers import ON_CITUS
 
 from app.db import citus
 
@@ -153,7 +154,7 @@ async def test_nothing_orders_by_one_nodes_transaction_ids_or_sequences(conn):
     assert node_local == []
 
 
-@pytest.mark.skipif(bool(os.environ.get("SMS_TEST_CITUS_URL")), reason="the test server is a Citus coordinator")
+@pytest.mark.skipif(ON_CITUS, reason="the test server is a Citus coordinator")
 def test_sms_migrate_citus_refuses_a_server_without_citus(database_url):
     """On plain PostgreSQL the migrations do nothing Citus-specific, and asking for Citus says why."""
     result = subprocess.run(

@@ -43,6 +43,7 @@ import asyncpg
 import httpx
 import pytest
 from helpers import (
+    ON_CITUS,
     apply_delta,
     assert_problem,
     document,
@@ -54,7 +55,6 @@ from helpers import (
 )
 from test_auth import auth_on, bearer, make_key
 
-from app.db.queries import is_citus
 from app.db.roles import api_database_url
 from app.db.sweeper import ExpirySweeper
 from app.feed import Feed, StatePurged
@@ -171,7 +171,7 @@ async def background(coroutine: Awaitable[Any]) -> AsyncIterator[asyncio.Task[An
 async def lock_wait(conn: asyncpg.Connection, other: asyncpg.Connection) -> Callable[[], Awaitable[bool]]:
     """A check, asked on `conn`, of whether what `other` runs waits for a lock: in its own backend,
     and on Citus in any node's backend that runs it (a delegated call waits on the tenant's node)."""
-    if await is_citus(conn):
+    if ON_CITUS:
         query = "SELECT EXISTS (SELECT FROM citus_stat_activity WHERE global_pid = $1 AND wait_event_type = 'Lock')"
         backend = await other.fetchval("SELECT citus_backend_gpid()")
     else:
@@ -565,7 +565,7 @@ async def test_erasures_statement_by_statement_run_on_one_server_and_are_refused
         "SELECT sms.compact('t', 'b', 1)::text",
         "SELECT count(*) FROM sms.expire_states(10)",
     )
-    if not await is_citus(conn):
+    if not ON_CITUS:
         for statement in statements:
             await conn.fetchval(statement)
         assert [await version(conn, "t", fsa) for fsa in ("a", "b", "c")] == [0, 2, 0]

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from helpers import TENANT, apply_delta
+from helpers import ON_CITUS, TENANT, apply_delta
 
 from app.db.listener import Listener
 from app.db.queries import Database, RoleError
@@ -36,7 +35,7 @@ FEED_WAIT_SECONDS = 30.0  # the most a feed may take to deliver what the tests w
 @pytest.fixture(scope="session")
 def replica(pg_server) -> Iterator[Replica]:
     """A streaming replica of the test server for the whole session."""
-    if os.environ.get("SMS_TEST_CITUS_URL"):
+    if ON_CITUS:
         pytest.skip("on Citus a replica of the coordinator holds none of the workers' shards (docs/scale-out.md)")
     try:
         with streaming_replica(pg_server.url("postgres")) as running:

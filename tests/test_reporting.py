@@ -409,7 +409,7 @@ def index_scans(plan: dict[str, Any], index: str) -> list[dict[str, Any]]:
 
 
 async def explain(conn: asyncpg.Connection, query: str, *args: Any) -> dict[str, Any]:
-    await one_server_plans(conn)
+    one_server_plans()
     return json.loads(await conn.fetchval("EXPLAIN (FORMAT JSON) " + query, *args))[0]["Plan"]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -18,11 +17,11 @@ from dataclasses import replace
 import asyncpg
 import httpx
 import pytest
-from helpers import FSA, apply_delta, listening, snapshot
+from helpers import FSA, ON_CITUS, apply_delta, listening, snapshot
 from litestar.testing import AsyncTestClient
 
 from app.api.app import create_app
-from app.db.queries import Database, RoleError, is_citus
+from app.db.queries import Database, RoleError
 from app.db.roles import API_ROLE, api_database_url
 from app.domain.delta import WriteMeta
 from app.domain.keys import NewKey, key_hash
@@ -33,7 +32,6 @@ B = "tenant-b"
 LINEAGE = "shared-lineage"  # both tenants use the same state, lineage, task and alias ids
 TASK = "T1"
 MARKS = {A: "mark-of-a", B: "mark-of-b"}  # a value only that tenant's data holds
-ON_CITUS = bool(os.environ.get("SMS_TEST_CITUS_URL"))
 # On Citus only a SET LOCAL reaches the workers (propagated in a transaction block), as the service
 # sends its tenants: a session's setting stays on the coordinator, where no tenant row is.
 HOW = ["act_for in a transaction", "set_config for the session"][: 1 if ON_CITUS else 2]
@@ -122,7 +120,7 @@ async def seeded(conn: asyncpg.Connection) -> asyncpg.Connection:
 async def api(database_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection as the service's role, as its pool makes them."""
     connection = await asyncpg.connect(api_database_url(database_url))
-    if await is_citus(connection):  # as the service's sessions on a coordinator (app/db/queries.py)
+    if ON_CITUS:  # as the service's sessions on a coordinator (app/db/queries.py)
         await connection.execute("SET citus.propagate_set_commands = 'local'")
     try:
         yield connection
