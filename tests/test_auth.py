@@ -200,8 +200,8 @@ ROUTE_EXAMPLES: dict[Route, Example] = {
 
 
 def app_routes() -> dict[Route, str]:
-    """Every route of the app as (method, path template) -> the scope it needs, as the guard reads
-    it (app.api.auth.authorize): the handler's opt["scope"], public under /schema, else admin.
+    """Every route of the app as (method, path template) -> the scope it needs, as
+    app.api.auth.authorize reads it: the handler's opt["scope"], public under /schema, else admin.
     The OPTIONS handlers are left out (they serve no tenant's data)."""
     app = create_app(Settings(database_url="postgresql://unused@127.0.0.1/unused"), "postgresql://unused@127.0.0.1/u")
     routes: dict[Route, str] = {}

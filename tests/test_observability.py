@@ -500,3 +500,19 @@ def test_redaction_hides_key_secrets_and_connection_string_passwords():
     assert "sms_k_AbCdEfGhIjKl_" in redacted  # the key's id stays: it names the key, it opens nothing
     assert "postgresql://owner:[redacted]@db:5432/sms?sslmode=require" in redacted
     assert redacted.endswith("password=[redacted]&x http://host:8080/path@x")  # a port is no password
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ("actor=sms_k_AbCdEfGhIjKl_" + "y" * 43, "y" * 43),
+        ("could not connect to redis://:hunter2@cache:6379", "hunter2"),
+        ("dsn: host=db PASSWORD = Hunter3 user=u", "Hunter3"),
+        ("dsn: host=db Password='Hunter 4'", "Hunter 4"),
+    ],
+)
+def test_redaction_finds_each_secret_in_a_line_that_holds_only_it(line, secret):
+    """Each pattern is looked for only in lines holding its fixed start: a line with one kind of
+    secret and nothing else still loses it, whatever the case of "password"."""
+    assert secret not in logs.redact(line)
+    assert logs.redact("GET /state/{tenant_id}/{fsa_id} 200 0.4 ms") == "GET /state/{tenant_id}/{fsa_id} 200 0.4 ms"

@@ -227,7 +227,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             await app.state.db.close()
 
     def provide_db(request: Request) -> Database:
-        return request.state.db  # acting for the request's tenants (app.api.auth.authorize)
+        return request.state.db  # acting for the request's tenants (app.api.auth.authorize, before every handler)
 
     def provide_principal(request: Request) -> Principal:
         return request.state.principal
@@ -263,7 +263,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
         ],
         lifespan=[lifespan],
         state=State({"settings": settings}),
-        guards=[authorize],
+        before_request=authorize,
         dependencies={
             "db": Provide(provide_db, sync_to_thread=False),
             "principal": Provide(provide_principal, sync_to_thread=False),

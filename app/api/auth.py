@@ -1,4 +1,4 @@
-"""Who may do what: the guard every route passes (DESIGN §10).
+"""Who may do what: the check every request passes before its handler (DESIGN §10).
 
 In order: the path is what it seems (no %2F, valid UTF-8), the Host header names this service
 (DNS rebinding), a write carries JSON or nothing and no foreign Origin (CSRF), then the key:
@@ -17,6 +17,7 @@ database handle then acts for the key's tenants (the second wall: row-level secu
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import math
 import time
@@ -25,8 +26,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
+from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.handlers.base import BaseRouteHandler
 
 from app.db.queries import Database
 from app.domain.keys import Principal, key_hash, looks_like_key
@@ -44,6 +45,7 @@ LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 LEASE_SECONDS = 1.0  # tokens taken from the shared bucket are used within this, or dropped
 LEASE_SHARE = 0.05  # a process takes this many seconds' worth of its key's rate at a time
 KEY_CACHE_LIMIT = 10_000
+HOSTS_REMEMBERED = 256  # Host header values whose check is remembered (any client may send any)
 EVERYTHING = Principal(key_id=None, tenants=None, scope="admin")  # no key: protected mode or no auth
 CHALLENGE = 'Bearer realm="sms"'
 
@@ -161,12 +163,16 @@ class Authenticator:
         lease.tokens -= 1
 
 
-async def authorize(connection: ASGIConnection, route_handler: BaseRouteHandler) -> None:
-    """The guard of every route (see the module's docstring)."""
+async def authorize(connection: Request) -> None:
+    """What every route's requests pass before its handler (see the module's docstring): the app's
+    `before_request` hook rather than a guard, which Litestar would hand a copy of the route's
+    handler on every request."""
     _check_raw_path(connection)
     auth: Authenticator = connection.app.state.auth
     _check_host(connection, auth.hosts)
-    scope = route_handler.opt.get("scope") or (PUBLIC if connection.url.path.startswith("/schema") else "admin")
+    scope = connection.route_handler.opt.get("scope") or (
+        PUBLIC if connection.scope["path"].startswith("/schema") else "admin"
+    )
     if scope == PUBLIC:
         connection.state.db = connection.app.state.db  # acting for no tenant
         return
@@ -236,13 +242,19 @@ def _host_name(value: str) -> str:
     return (urlsplit("//" + value).hostname or "").lower()
 
 
+@functools.lru_cache(maxsize=HOSTS_REMEMBERED)
+def _serves_host(value: str, hosts: frozenset[str]) -> bool:
+    """Whether a Host header names this service: remembered, as every request sends one of a few."""
+    name = _host_name(value)
+    return name in hosts or _is_loopback(name)
+
+
 def _check_host(connection: ASGIConnection, hosts: frozenset[str] | None) -> None:
     """A Host this service does not go by is refused: a page of another site, resolved to this
     address by DNS rebinding, must not read it."""
     if hosts is None:
         return
-    name = _host_name(connection.headers.get("host", ""))
-    if name not in hosts and not _is_loopback(name):
+    if not _serves_host(connection.headers.get("host", ""), hosts):
         raise Problem(
             400,
             "invalid-host",
@@ -274,6 +286,7 @@ def _is_json_type(media_type: str) -> bool:
     return kind == "application" and subtype.endswith("+json")
 
 
+@functools.lru_cache(maxsize=HOSTS_REMEMBERED)
 def _is_loopback(host: str | None) -> bool:
     if not host:
         return False

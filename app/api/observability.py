@@ -21,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import random
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -146,7 +146,8 @@ def _request_id(scope: Scope) -> str:
             if _SANE_REQUEST_ID.match(given):
                 return given
             break
-    return uuid.uuid4().hex
+    # an id to find a request by, not a secret: no system call for the randomness of uuid4
+    return f"{random.getrandbits(128):032x}"
 
 
 @functools.cache

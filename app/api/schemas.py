@@ -950,7 +950,7 @@ PROBLEMS: dict[int, str] = {
     503: "The database is unavailable, busy or took too long: retry after Retry-After seconds (a write answered so "
     "may have been applied: retry it with the same Idempotency-Key, and the answer tells)",
 }
-COMMON = (400, 401, 403, 404, 429, 503)  # any route a key is needed for: the guard's answers
+COMMON = (400, 401, 403, 404, 429, 503)  # any route a key is needed for: what app.api.auth.authorize answers
 WRITES = (*COMMON, 413, 415)  # and a body's
 
 _RETRY_AFTER = OpenAPIHeader(
