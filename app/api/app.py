@@ -37,7 +37,6 @@ from app.db.queries import Database
 from app.db.roles import api_database_url
 from app.db.sweeper import ExpirySweeper
 from app.domain import jsontext
-from app.domain.keys import Principal
 from app.errors import Problem
 from app.feed import Feed
 from app.settings import Settings
@@ -229,9 +228,6 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
     def provide_db(request: Request) -> Database:
         return request.state.db  # acting for the request's tenants (app.api.auth.authorize, before every handler)
 
-    def provide_principal(request: Request) -> Principal:
-        return request.state.principal
-
     def provide_feed(state: State) -> Feed:
         return state.feed
 
@@ -266,7 +262,6 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
         before_request=authorize,
         dependencies={
             "db": Provide(provide_db, sync_to_thread=False),
-            "principal": Provide(provide_principal, sync_to_thread=False),
             "feed": Provide(provide_feed, sync_to_thread=False),
         },
         exception_handlers={

@@ -18,12 +18,12 @@ from app.api.routes import (
     DEFAULT_MAX_TOKENS,
     JSON,
     WRITTEN,
-    Caller,
     Db,
     FsaId,
     MaxTokens,
     MinVersion,
     TenantId,
+    caller,
     check_ids,
     json_response,
     version_query,
@@ -118,10 +118,11 @@ async def diff(
     operation_class=documented(WRITTEN, problems=(*WRITES, 409, 422), parameters=write_parameters()),
 )
 async def rollback(
-    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId, to_version: Version
+    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, to_version: Version
 ) -> Response:
     """Restore the content the state had at `to_version`, as a new logged delta (with its actor,
     lineage and NOTIFY); the log stays append-only. Policies hold for it like for any delta."""
+    principal = caller(request)
     settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     params = {k: v for k, v in request.query_params.items() if k != "to_version"}
@@ -189,11 +190,12 @@ async def changes(
     ),
 )
 async def heartbeat(
-    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId, agent_path: AgentPath
+    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, agent_path: AgentPath
 ) -> Response:
     """POST /agents/{tenant}/{fsa}/{agent}/heartbeat: records agents_online.{agent} as the
     latest time it was seen. Agent names may contain "/". The delta's actor is the agent, or the
     actor the API key names."""
+    principal = caller(request)
     settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     agent, _, action = agent_path.strip("/").rpartition("/")
@@ -218,11 +220,12 @@ async def heartbeat(
     ),
 )
 async def add_comment(
-    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: TaskId
+    request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId, task_id: TaskId
 ) -> Response:
     """Comment on a task (404 when tasks.{task_id} does not exist): author, markdown body,
     is_blocker and lineage_id as query parameters, or as a JSON object with those keys. When the
     API key names an actor, that is the author."""
+    principal = caller(request)
     settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id, task_id=task_id)
     fields: dict[str, Any] = dict(request.query_params)

@@ -13,7 +13,7 @@ from litestar.params import PathParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from app.api.auth import ADMIN, forbidden
-from app.api.routes import JSON, Caller, Db, json_response
+from app.api.routes import JSON, Db, caller, json_response
 from app.api.schemas import WRITES, Answer, KeyRequest, documented
 from app.domain import jsontext
 from app.domain.delta import decode_body
@@ -61,9 +61,10 @@ def _new_key(given: KeyRequest, maker: Principal) -> NewKey:
         problems=(*WRITES, 422),
     ),
 )
-async def create_key(request: Request, db: Db, principal: Caller, state: State) -> Response:
+async def create_key(request: Request, db: Db, state: State) -> Response:
     """Make an API key. The answer holds the key itself, `key`, this once; the service keeps only
     its hash. 403 when it would name a tenant, an AML level or an actor the making key does not."""
+    principal = caller(request)
     try:
         given = msgspec.convert(decode_body(await request.body(), state.settings.limits), KeyRequest)
     except msgspec.ValidationError as exc:

@@ -15,7 +15,7 @@ from litestar.params import QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
 from app.api.auth import ADMIN, READ
-from app.api.routes import JSON, Caller, Db, FsaId, TenantId, check_ids, json_response
+from app.api.routes import JSON, Db, FsaId, TenantId, caller, check_ids, json_response
 from app.api.schemas import COMMON, WRITES, Answer, ExpiryRequest, documented
 from app.domain.delta import MAX_VERSION, claimed_actor, decode_body
 from app.domain.keys import Principal, parse_duration
@@ -37,14 +37,13 @@ def _actor(request: Request, principal: Principal, settings: Settings) -> str | 
     opt=ADMIN,
     operation_class=documented(ERASED, problems=(*WRITES, 422)),
 )
-async def purge_state(
-    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId
-) -> Response:
+async def purge_state(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """Erase the state when a person asks: its entries, log, history, snapshots, comments,
     summaries, aliases, policies and refusals, every row of it. The state then reads as never
     written (version 0), its change-feed streams end with a `purged` event, and the erasure is
     recorded (who, when, what, in counts), which is the answer. Nothing else gets around the
     append-only log."""
+    principal = caller(request)
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
     actor = _actor(request, principal, state.settings)
     return json_response(await db.purge_state(tenant_id, fsa_id, actor, principal.key_id))
@@ -59,7 +58,6 @@ async def purge_state(
 async def compact(
     request: Request,
     db: Db,
-    principal: Caller,
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,
@@ -77,6 +75,7 @@ async def compact(
     log after one, is then a 404 history-compacted. `before_version` may not be beyond the current
     version (404) nor before an earlier compaction (404 history-compacted). Recorded like a
     purge; the record is the answer."""
+    principal = caller(request)
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
     actor = _actor(request, principal, state.settings)
     return json_response(await db.compact(tenant_id, fsa_id, before_version, actor, principal.key_id))

@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from litestar.status_codes import HTTP_200_OK
 
 from app.api.auth import ADMIN
-from app.api.routes import JSON, Caller, Db, FsaId, TenantId, check_ids, json_response
+from app.api.routes import JSON, Db, FsaId, TenantId, caller, check_ids, json_response
 from app.api.schemas import COMMON, WRITES, Answer, documented
 from app.domain import jsontext
 from app.domain.delta import decode_body
@@ -60,12 +60,11 @@ async def read_state_policies(db: Db, state: State, tenant_id: TenantId, fsa_id:
     opt=ADMIN,
     operation_class=documented(STATE_RULES, body={JSON: "Rules"}, problems=(*WRITES, 422)),
 )
-async def set_state_policies(
-    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId
-) -> Response:
+async def set_state_policies(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """Replaces the state's own rules with {"rules": [...]} ([] removes them). Each rule is a path
     glob and constraints: min, max, enum, type, required, immutable, max_change, and aml_below for
     rules that bind only actors below an AML level. An invalid rule is a 422 and changes nothing."""
+    principal = caller(request)
     check_ids(state.settings, tenant_id=tenant_id, fsa_id=fsa_id)
     await db.set_policy(tenant_id, fsa_id, _rules(await request.body(), state), _actor(request, principal))
     found = await db.policies(tenant_id, fsa_id)
@@ -90,11 +89,10 @@ async def read_tenant_policies(db: Db, state: State, tenant_id: TenantId) -> Res
     opt=ADMIN,
     operation_class=documented(TENANT_RULES, body={JSON: "Rules"}, problems=(*WRITES, 422)),
 )
-async def set_tenant_policies(
-    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId
-) -> Response:
+async def set_tenant_policies(request: Request, db: Db, state: State, tenant_id: TenantId) -> Response:
     """Replaces the tenant's default rules, which hold for each of its states on the paths the
     state has no rule of its own for."""
+    principal = caller(request)
     check_ids(state.settings, tenant_id=tenant_id)
     rules = await db.set_policy(tenant_id, None, _rules(await request.body(), state), _actor(request, principal))
     return json_response(jsontext.encode({"tenant_id": tenant_id, "rules": rules}))

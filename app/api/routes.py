@@ -44,7 +44,15 @@ from app.settings import Settings
 JSON = "application/json"  # what handlers answer, as text PostgreSQL built
 
 Db = NamedDependency[Database]  # acting for the request's tenants
-Caller = NamedDependency[Principal]  # who the request acts as
+
+
+def caller(request: Request) -> Principal:
+    """Who the request acts as (app.api.auth.authorize found out). Read here rather than injected:
+    Litestar resolves a handler's dependencies of one level in a task group of their own, per
+    request, which cost more than the lookups themselves."""
+    return request.state.principal
+
+
 DEFAULT_MAX_TOKENS = 300
 MaxTokens = Annotated[
     int, QueryParameter(ge=20, le=8000, description="Token budget of the summary (as SMS_TOKENIZER counts them)")
@@ -318,10 +326,9 @@ async def remove_alias(db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId,
         WRITTEN, body={JSON: "State"}, problems=(*WRITES, 409, 422), parameters=write_parameters()
     ),
 )
-async def replace_state(
-    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId
-) -> Response:
+async def replace_state(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """Create or replace the whole state with the JSON object in the body, logged as one delta."""
+    principal = caller(request)
     settings = state.settings
     with counting_delta():
         check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
@@ -336,13 +343,12 @@ async def replace_state(
     opt=WRITE,
     operation_class=documented(WRITTEN, body=DELTA_BODY, problems=(*WRITES, 409, 422), parameters=write_parameters()),
 )
-async def apply_delta(
-    request: Request, db: Db, principal: Caller, state: State, tenant_id: TenantId, fsa_id: FsaId
-) -> Response:
+async def apply_delta(request: Request, db: Db, state: State, tenant_id: TenantId, fsa_id: FsaId) -> Response:
     """Apply a delta: the body is the delta map (DESIGN §4.1); metadata as query parameters
     (actor, lineage_id, delta_id, expected_version, and any others kept as meta, such as the
     claimed aml_level) or headers (X-Actor, X-Lineage-Id, traceparent, Idempotency-Key, If-Match).
     A delta that breaks a policy is a 422 policy-violation listing each rule it breaks."""
+    principal = caller(request)
     settings = state.settings
     with counting_delta():
         check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
@@ -368,7 +374,6 @@ async def apply_delta(
 async def apply_batch(
     request: Request,
     db: Db,
-    principal: Caller,
     state: State,
     tenant_id: TenantId,
     fsa_id: FsaId,
@@ -382,6 +387,7 @@ async def apply_batch(
     version, checks and result, as if it had been sent alone: independently by default (a write
     that fails is refused alone), or with atomic=true all or nothing — then a failure is the
     failing write's problem, with its `index` and every write's result."""
+    principal = caller(request)
     settings = state.settings
     check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
     writes = [
@@ -432,7 +438,6 @@ def batch_response(tenant_id: str, fsa_id: str, atomic: bool, results: list[str 
 async def validate_delta(
     request: Request,
     db: Db,
-    principal: Caller,
     state: State,
     tenant_id: Annotated[str | None, QueryParameter(description="With fsa_id: dry-run against that state")] = None,
     fsa_id: Annotated[str | None, QueryParameter(description="With tenant_id: dry-run against that state")] = None,
@@ -441,6 +446,7 @@ async def validate_delta(
     transaction that is rolled back, so the answer (the version it would get, the paths it would
     change, or the 409/422 it would meet) is exactly what would happen; without them only its
     shape is checked (and its metadata, as a write's). Nothing changes and nothing is notified."""
+    principal = caller(request)
     settings = state.settings
     delta = await _delta_text(request, settings)
     meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
