@@ -3,7 +3,9 @@
 * any JSON object round-trips exactly through sms.replace_state and sms.document;
 * for any sequence of deltas (rejected ones included), replaying the log from version 0 through
   sms.apply_delta reproduces the state, and the state at every version v is the fold of deltas
-  1..v; a rejected delta changes nothing.
+  1..v; a rejected delta changes nothing;
+* a batch (sms.apply_deltas, group commit) answers and leaves every row as its writes applied one
+  at a time would.
 
 Sync psycopg on one database per test; every example works on a state of its own.
 """
@@ -264,3 +266,121 @@ def test_replaying_the_log_reproduces_every_version(pg, steps):
     for v, delta in ops:
         pg.execute("SELECT sms.apply_delta(%s, %s, %s::jsonb)", (tenant, stepwise, delta))
         assert same_jsonb(pg, document(pg, tenant, stepwise), history[v]), f"version {v}"
+
+
+# ---- (c) a batch leaves every row as its writes one by one would -----------------------------------
+
+batch_writes = st.lists(
+    st.builds(
+        lambda delta, delta_id, actor: {
+            "delta": delta,
+            **({"delta_id": delta_id} if delta_id else {}),
+            **({"actor": actor} if actor else {}),
+        },
+        deltas(),
+        st.sampled_from([None, None, None, str(uuid.UUID(int=1)), str(uuid.UUID(int=2))]),  # retries, reuses
+        st.sampled_from([None, "a", "b"]),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+# Every row a write leaves, as text, without its state's ids; (table, query) pairs
+STATE_ROWS = {
+    "entries": "SELECT collection, is_member, member, value::text, version FROM sms.entries",
+    "history": "SELECT collection, is_member, member, version, value::text FROM sms.entry_history",
+    "member_counts": "SELECT collection, family, members, statuses::text, version FROM sms.member_counts",
+    "header": "SELECT version, entry_count, content_bytes FROM sms.states",
+    "log": "SELECT version, actor, ops::text, paths, collections, meta::text FROM sms.deltas",
+    "snapshots": "SELECT version, collection, is_member, member, value::text FROM sms.snapshot_entries",
+}
+
+
+def state_rows(pg: psycopg.Connection, tenant: str, fsa: str) -> dict[str, list[tuple[Any, ...]]]:
+    return {
+        table: sorted(pg.execute(f"{query} WHERE tenant_id = %s AND fsa_id = %s", (tenant, fsa)).fetchall())
+        for table, query in STATE_ROWS.items()
+    }
+
+
+def write_alone(pg: psycopg.Connection, tenant: str, fsa: str, write: dict[str, Any]) -> dict[str, Any]:
+    """sms.apply_write in a transaction of its own: its result, or its error as a batch reports it."""
+    try:
+        return json.loads(
+            pg.execute(
+                "SELECT sms.apply_write(%s, %s, %s::jsonb)::text", (tenant, fsa, jsontext.encode(write).decode())
+            ).fetchone()[0]
+        )
+    except psycopg.Error as exc:
+        return {"success": False, "sqlstate": exc.sqlstate, "message": exc.diag.message_primary}
+
+
+def check_batch_as_alone(
+    pg: psycopg.Connection, start: dict[str, Any], writes: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The writes as one sms.apply_deltas batch on a state and one by one on another, both from
+    `start`, snapshots every 3 versions: the same results, and the same rows in every table.
+    Returns the results."""
+    fsa = fresh_id()
+    batched, alone = "props-batched", "props-alone"  # tenants of their own: delta ids are per state
+    pg.execute("SET sms.snapshot_every = 3")
+    try:
+        for tenant in (batched, alone):
+            if start:
+                pg.execute(
+                    "SELECT sms.replace_state(%s, %s, %s::jsonb)", (tenant, fsa, jsontext.encode(start).decode())
+                )
+        results = json.loads(
+            pg.execute(
+                "SELECT sms.apply_deltas(%s, %s, %s::jsonb)::text", (batched, fsa, jsontext.encode(writes).decode())
+            ).fetchone()[0]
+        )
+        expected = [write_alone(pg, alone, fsa, write) for write in writes]
+    finally:
+        pg.execute("RESET sms.snapshot_every")
+
+    for write, got, wanted in zip(writes, results, expected, strict=True):
+        if "delta_id" not in write:  # made afresh in each state
+            got.pop("delta_id", None), wanted.pop("delta_id", None)
+        if not wanted["success"] and "sqlstate" in wanted:
+            got = {key: got.get(key) for key in wanted}
+        assert got == wanted, write
+    assert state_rows(pg, batched, fsa) == state_rows(pg, alone, fsa)
+    check_counters(pg, batched, fsa)
+    return expected
+
+
+@PROPERTY_SETTINGS
+@given(start=st.dictionaries(collections, small_values, max_size=2), writes=batch_writes)
+def test_a_batch_leaves_every_row_as_its_writes_one_by_one_would(pg, start, writes):
+    """Group commit's promise in full: sms.apply_deltas's results and every row of the state —
+    entries, history, member counts, header, log, snapshots — are what the same writes leave
+    applied one at a time."""
+    for result in check_batch_as_alone(pg, start, writes):
+        event("applied" if result["success"] else f"refused {result.get('sqlstate')}")
+
+
+def test_a_batch_of_an_agent_loop_leaves_every_row_as_one_by_one(pg):
+    """What hot states see most, in one batch: counters, task statuses moving and back, members made
+    and removed, collections made, no-op operators, refusals, retries, a whole collection replaced,
+    a precondition, and snapshots falling due mid-batch."""
+    writes = [
+        {"delta": {"counters.hits": {"$inc": 1}, "tasks.T1.status": "doing"}},
+        {"delta": {"tasks.T1.estimate": 3, "tasks.T2": {"status": "todo"}}, "actor": "a"},
+        {"delta": {"counters.hits": {"$inc": 1}, "tasks.T1.status": "done"}, "delta_id": str(uuid.UUID(int=7))},
+        {"delta": {"tasks.T1.estimate": {"$inc": 2}}},  # a value changes, not the status
+        {"delta": {"counters.hits": {"$inc": 1}, "tasks.T1.status": "done"}, "delta_id": str(uuid.UUID(int=7))},
+        {"delta": {"counters.hits": {"$max": 0}, "fresh.k": {"$push": "x"}}},  # no change; a new collection
+        {"delta": {"tasks.T2": {"$unset": True}, "tasks.T3.status": "todo"}},
+        {"delta": {"counters.hits": {"$push": 1}}},  # a number: refused alone
+        {"delta": {"tasks.T3.status": "doing"}, "delta_id": str(uuid.UUID(int=8))},
+        {"delta": {"tasks.T3.note": "x", "counters.misses": {"$inc": 1}}},
+        {"delta": {"flags": {"on": True}}},  # a whole collection: the slow path, between fast ones
+        {"delta": {"flags.on": False, "tasks.T1.status": "todo"}},
+        {"delta": {"tasks.T4.status": "todo", "$expect": {"tasks.T1.status": "todo"}}},  # a precondition
+        {"delta": {"tasks.T4.status": "done", "counters.hits": {"$inc": 1}}},
+        {"delta": {"tasks.T4.estimate": 1}},  # the count of tasks keeps the version of T4's status change
+    ]
+    results = check_batch_as_alone(pg, {"counters": {"hits": 0}, "tasks": {"T0": {"status": "todo"}}}, writes)
+    assert [r["success"] for r in results] == [True] * 7 + [False] + [True] * 7
+    assert results[4]["duplicate"] and results[4]["version"] == results[2]["version"]
