@@ -341,7 +341,8 @@ def check_batch_as_alone(
 
     for write, got, wanted in zip(writes, results, expected, strict=True):
         if "delta_id" not in write:  # made afresh in each state
-            got.pop("delta_id", None), wanted.pop("delta_id", None)
+            got.pop("delta_id", None)
+            wanted.pop("delta_id", None)
         if not wanted["success"] and "sqlstate" in wanted:
             got = {key: got.get(key) for key in wanted}
         assert got == wanted, write
