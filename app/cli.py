@@ -303,7 +303,6 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> None:
 def run_listen(args: argparse.Namespace, settings: Settings) -> None:
     import asyncio
 
-    from app.domain import jsontext
     from app.feed import Feed, StatePurged
 
     tenant_id, _, fsa_id = args.target.partition("/")
@@ -312,7 +311,7 @@ def run_listen(args: argparse.Namespace, settings: Settings) -> None:
         async with Feed.connect(database_url(settings)) as feed:
             since = args.since if args.since is not None else None
             async for change in feed.subscribe(tenant_id, fsa_id or None, since=since, slice_spec=args.slice):
-                sys.stdout.write(jsontext.encode(change.to_dict()).decode() + "\n")
+                sys.stdout.write(change.json.decode() + "\n")
                 sys.stdout.flush()
 
     try:

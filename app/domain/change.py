@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +29,9 @@ class Change:
     created_at: datetime
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """Its fields, as JSON takes them. Shallow: dataclasses.asdict's deep copy of meta and ops
+        cost ten times as much, for each change the feed delivers, and nothing changes them."""
+        data = {name: getattr(self, name) for name in _CHANGE_FIELDS}
         data["created_at"] = self.created_at.isoformat()
         return data
 
@@ -37,6 +39,9 @@ class Change:
     def json(self) -> bytes:
         """As JSON (exact numbers), encoded once however many subscribers send it."""
         return jsontext.encode(self.to_dict())
+
+
+_CHANGE_FIELDS = tuple(field.name for field in fields(Change))
 
 
 @dataclass(frozen=True, order=True)
