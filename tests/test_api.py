@@ -3,7 +3,9 @@ JSON Patch and Merge Patch bodies, metadata from query parameters and headers, a
 
 from __future__ import annotations
 
+import json
 import uuid
+from decimal import Decimal
 
 import asyncpg
 import httpx
@@ -61,6 +63,33 @@ async def test_etag_is_the_quoted_version_and_if_none_match_gives_304(client):
     assert fresh.status_code == 200
     assert fresh.headers["etag"] == '"3"'
     assert fresh.json()["state"] == {"a": 1, "b": 2, "c": 3}
+
+
+async def test_a_full_read_sends_every_key_and_value_as_stored_in_byte_order(client, conn):
+    """GET /state puts the entries' JSON together as text (sms.document_text): what came in comes
+    back exactly — escapes, Unicode, numbers beyond a double, values of every kind, an empty
+    collection — with the keys in byte order at the top and in each collection, the same bytes
+    for the same version, and the same value as sms.document."""
+    state = {
+        "tasks": {"b": 1, "B": {"n": None}, 'q"uote\\d': [1, {"deep": {"é": "x"}}], "a.b": {}, "Z": [], "é": True},
+        "empty": {},
+        "list": [3, "two", {"one": 1}],
+        "text": "line\nbreak \u2028 \U0001f600",
+        "off": False,
+        "none": None,
+    }
+    body = json.dumps(state)[:-1] + ', "counter": 123456789012345678.123456789012345678}'  # beyond a double
+    state = json.loads(body, parse_float=Decimal)
+    response = await client.post(URL, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    first = await client.get(URL)
+    assert json.loads(first.content, parse_float=Decimal)["state"] == state
+    assert json.loads(first.content)["state"] == json.loads(await conn.fetchval("SELECT sms.document('t', 'f')::text"))
+    read_back = json.loads(first.content, object_pairs_hook=lambda pairs: pairs)
+    keys = dict(read_back)["state"]
+    assert [key for key, _ in keys] == sorted(state, key=str.encode)
+    assert [key for key, _ in dict(keys)["tasks"]] == sorted(state["tasks"], key=str.encode)
+    assert (await client.get(URL)).content == first.content
 
 
 async def test_write_responses_carry_the_new_etag(client):

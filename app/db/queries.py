@@ -117,7 +117,7 @@ _READ_STATE = """
 SELECT s.version,
        CASE WHEN s.version IS DISTINCT FROM $3 THEN
            '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text)
-           || ',"version":' || s.version || ',"state":' || sms.document($1, $2)::text || '}'
+           || ',"version":' || s.version || ',"state":' || sms.document_text($1, $2) || '}'
        END
   FROM sms.act_for($4) acting, LATERAL (SELECT sms.current_version($1, $2) AS version WHERE acting OFFSET 0) s
 """
