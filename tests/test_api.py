@@ -69,7 +69,7 @@ async def test_a_full_read_sends_every_key_and_value_as_stored_in_byte_order(cli
     """GET /state puts the entries' JSON together as text (sms.document_text): what came in comes
     back exactly — escapes, Unicode, numbers beyond a double, values of every kind, an empty
     collection — with the keys in byte order at the top and in each collection, the same bytes
-    for the same version, and the same value as sms.document."""
+    for the same version (read now or as a past version), and the same value as sms.document."""
     state = {
         "tasks": {"b": 1, "B": {"n": None}, 'q"uote\\d': [1, {"deep": {"é": "x"}}], "a.b": {}, "Z": [], "é": True},
         "empty": {},
@@ -90,6 +90,7 @@ async def test_a_full_read_sends_every_key_and_value_as_stored_in_byte_order(cli
     assert [key for key, _ in keys] == sorted(state, key=str.encode)
     assert [key for key, _ in dict(keys)["tasks"]] == sorted(state["tasks"], key=str.encode)
     assert (await client.get(URL)).content == first.content
+    assert (await client.get(URL, params={"version": 1})).content == first.content  # as it was at version 1
 
 
 async def test_write_responses_carry_the_new_etag(client):

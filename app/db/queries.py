@@ -146,7 +146,7 @@ MAX_REPLICA_POLL = 0.05  # ... doubling up to this
 
 _READ_STATE_AT = """
 SELECT '{"tenant_id":' || to_json($1::text) || ',"fsa_id":' || to_json($2::text) || ',"version":' || $3::bigint
-       || ',"state":' || sms.document_at($1, $2, $3)::text || '}'
+       || ',"state":' || sms.document_at_text($1, $2, $3) || '}'
   FROM sms.act_for($4)
 """
 
