@@ -18,10 +18,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import sys
 import textwrap
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -232,7 +234,8 @@ async def test_ops_list_numbers_stay_exact(client):
         DELTA, content=b'[{"path":"price","op":"inc","value":0.10}]', headers={"content-type": "application/json"}
     )
     assert response.status_code == 200, response.text
-    assert b'"price": 1.10' in (await client.get(STATE)).content
+    stored = json.loads((await client.get(STATE)).content, parse_float=Decimal)["state"]["price"]
+    assert str(stored) == "1.10"
 
 
 async def test_ops_list_preconditions_refuse_with_a_409_and_apply_nothing(client, conn):
