@@ -16,6 +16,11 @@ BEGIN
     IF jsonb_typeof(p_delta) IS DISTINCT FROM 'object' THEN
         RETURN p_delta;  -- sms.normalize_delta says what is wrong with it
     END IF;
+    IF NOT EXISTS (SELECT FROM jsonb_each(p_delta) e
+                    WHERE left(e.key, 1) <> '$' AND jsonb_typeof(e.value) = 'object'
+                      AND EXISTS (SELECT FROM jsonb_object_keys(e.value) k WHERE left(k, 1) <> '$')) THEN
+        RETURN p_delta;  -- no plain object, so nothing nested: most deltas, in one statement
+    END IF;
     FOR v_key, v_value IN SELECT key, value FROM jsonb_each(p_delta) LOOP
         IF left(v_key, 1) <> '$' AND jsonb_typeof(v_value) = 'object'
            AND EXISTS (SELECT FROM jsonb_object_keys(v_value) k WHERE left(k, 1) <> '$')

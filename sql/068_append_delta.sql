@@ -44,6 +44,7 @@ DECLARE
     v_notice      jsonb;
     v_before      jsonb;
     v_violations  jsonb;
+    v_written     record;
 BEGIN
     v_version := sms.lock_state(p_tenant_id, p_fsa_id);
 
@@ -90,8 +91,9 @@ BEGIN
     END IF;
     v_version := v_version + 1;
     FOR v_op IN SELECT value FROM jsonb_array_elements(v_ops) LOOP
-        SELECT v_entries + w.entry_delta, v_bytes + w.byte_delta INTO v_entries, v_bytes
-          FROM sms.write_op(p_tenant_id, p_fsa_id, v_version, v_op) w;
+        v_written := sms.write_op(p_tenant_id, p_fsa_id, v_version, v_op);  -- an expression, not a query
+        v_entries := v_entries + v_written.entry_delta;
+        v_bytes := v_bytes + v_written.byte_delta;
     END LOOP;
     IF p_targets IS NOT NULL THEN
         v_violations := sms.policy_violations(p_targets, v_before, sms.policy_values(p_tenant_id, p_fsa_id, p_targets),

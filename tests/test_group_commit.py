@@ -179,6 +179,23 @@ async def test_one_notify_per_batch_with_the_version_range(conn, database_url):
     }
 
 
+async def test_a_batch_does_not_use_a_multixact_per_delta(conn):
+    """Each write of a batch runs in a subtransaction of its own; a row lock that one took again on
+    the state's header, which the one before had updated, made a MultiXact per delta: a hot state
+    used up MultiXact ids, which vacuum must freeze, as fast as versions. Writes that change entries
+    the state has take none now (a write that adds an entry still takes one: the foreign key's lock
+    on the header)."""
+    await apply_delta(conn, {"n": 0, "w": {f"w{i:02d}": 0 for i in range(32)}})
+    used = "SELECT mxid_age(datminmxid) FROM pg_database WHERE datname = current_database()"
+    before = await conn.fetchval(used)
+    results = await apply_deltas(
+        conn, [{"delta": {"n": {"$inc": 1}, f"w.w{i:02d}": i + 1}, "actor": f"w{i:02d}"} for i in range(32)]
+    )
+    assert all(r["success"] for r in results)
+    assert await conn.fetchval(used) - before <= 1  # was 32
+    assert (await snapshot(conn))[2] == {"n": 32, "w": {f"w{i:02d}": i + 1 for i in range(32)}}
+
+
 # --- the group committer -------------------------------------------------------------------------
 
 
