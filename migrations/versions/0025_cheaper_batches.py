@@ -8,7 +8,8 @@ again made a MultiXact (one per delta: a hot state used up MultiXact ids as fast
 the lookups of their members cost time); sms.append_delta and sms.write_op called sms.write_op and
 sms.put_entry as queries (a function scan each) where an expression does; and sms.write_op's read
 of the collection's row was planned afresh on every call. Also, sms.expand_nested decides in one
-statement that a delta has nothing nested, rather than looking at each key in turn.
+statement that a delta has nothing nested, rather than looking at each key in turn, and
+sms.normalize_delta looks for overlapping paths only when two share their first key.
 
 Executes 0025_cheaper_batches.sql, a frozen copy of what it installs; the downgrade restores the
 functions it replaced from the frozen copies of 0006, 0011 and 0023.
@@ -38,7 +39,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     execute_script(
-        frozen_sections(FROZEN_0011, "sql/029_expand_nested.sql")
+        frozen_sections(FROZEN_0011, "sql/029_expand_nested.sql", "sql/030_normalize_delta.sql")
         + frozen_sections(FROZEN_0006, "sql/060_write_op.sql")
         + frozen_sections(FROZEN_0023, "sql/055_lock_state.sql", "sql/068_append_delta.sql")
     )
