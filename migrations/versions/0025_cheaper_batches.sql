@@ -11,23 +11,24 @@
 CREATE OR REPLACE FUNCTION sms.expand_nested(p_delta jsonb) RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
-    v_key   text;
-    v_value jsonb;
-    v_leaf  record;
-    v_out   jsonb := '{}';
+    v_nested text[];  -- the keys whose value is a plain object with an operator object below
+    v_key    text;
+    v_value  jsonb;
+    v_leaf   record;
+    v_out    jsonb := '{}';
 BEGIN
     IF jsonb_typeof(p_delta) IS DISTINCT FROM 'object' THEN
         RETURN p_delta;  -- sms.normalize_delta says what is wrong with it
     END IF;
-    IF NOT EXISTS (SELECT FROM jsonb_each(p_delta) e
-                    WHERE left(e.key, 1) <> '$' AND jsonb_typeof(e.value) = 'object'
-                      AND EXISTS (SELECT FROM jsonb_object_keys(e.value) k WHERE left(k, 1) <> '$')) THEN
-        RETURN p_delta;  -- no plain object, so nothing nested: most deltas, in one statement
+    SELECT array_agg(key) INTO v_nested FROM jsonb_each(p_delta)
+     WHERE left(key, 1) <> '$' AND jsonb_typeof(value) = 'object'
+       AND EXISTS (SELECT FROM jsonb_object_keys(value) k WHERE left(k, 1) <> '$')
+       AND jsonb_path_exists(value, 'strict $.** ? (@.type() == "object").keyvalue() ? (@.key starts with "$")');
+    IF v_nested IS NULL THEN
+        RETURN p_delta;  -- nothing nested: most deltas, in this one statement
     END IF;
     FOR v_key, v_value IN SELECT key, value FROM jsonb_each(p_delta) LOOP
-        IF left(v_key, 1) <> '$' AND jsonb_typeof(v_value) = 'object'
-           AND EXISTS (SELECT FROM jsonb_object_keys(v_value) k WHERE left(k, 1) <> '$')
-           AND jsonb_path_exists(v_value, 'strict $.** ? (@.type() == "object").keyvalue() ? (@.key starts with "$")') THEN
+        IF v_key = ANY(v_nested) THEN
             FOR v_leaf IN SELECT l.path, l.value FROM sms.nested_leaves(v_key, v_value) l LOOP
                 IF v_out ? v_leaf.path OR p_delta ? v_leaf.path THEN
                     PERFORM sms.raise_invalid(v_leaf.path, format('"%s" is addressed twice', v_leaf.path));
