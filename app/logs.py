@@ -76,9 +76,11 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
     """Every log line of the process to stderr in `log_format` (replacing any handler set before)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    # no line says where in the code it was logged: spare every record the walk up the stack that
-    # finds out (the logging HOWTO's optimisation; the service logs a line per request)
+    # no line says where in the code it was logged, nor in which thread or process: spare every
+    # record the walk up the stack and the look-ups that find out (the logging HOWTO's
+    # optimisations; the service logs a line per request)
     logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 

@@ -54,8 +54,7 @@ POOL_MAX = Gauge("sms_db_pool_max_size", "The most connections the pool may open
 REFUSAL_REASONS = ("conflict", "policy", "validation", "aborted", "unavailable", "other")
 for _reason in REFUSAL_REASONS:  # every reason exported from the start, at 0: rate() needs the series
     DELTAS_REFUSED.labels(_reason)
-for _result in ("hit", "miss"):
-    SLICE_CACHE.labels(_result)
+SLICE_HITS, SLICE_MISSES = SLICE_CACHE.labels("hit"), SLICE_CACHE.labels("miss")  # both exported from the start
 
 
 def refusal_reason(status: int, slug: str) -> str:

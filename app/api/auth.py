@@ -173,8 +173,9 @@ async def authorize(connection: Request) -> None:
     scope = connection.route_handler.opt.get("scope") or (
         PUBLIC if connection.scope["path"].startswith("/schema") else "admin"
     )
+    state = connection.state  # a new wrapper of the request's state at each access: one will do
     if scope == PUBLIC:
-        connection.state.db = connection.app.state.db  # acting for no tenant
+        state.db = connection.app.state.db  # acting for no tenant
         return
     if connection.scope["method"] in WRITE_METHODS:
         _check_browser_write(connection, auth.settings.cors_origins)
@@ -189,9 +190,9 @@ async def authorize(connection: Request) -> None:
             f"this needs a key with the {scope} scope; the key has {principal.scope}",
         )
     await auth.admit(principal)
-    connection.state.principal = principal
+    state.principal = principal
     tenants = principal.tenants if principal.tenants is not None else named
-    connection.state.db = connection.app.state.db.acting_for(tenants)
+    state.db = connection.app.state.db.acting_for(tenants)
 
 
 def _named_tenants(connection: ASGIConnection) -> list[str]:
@@ -220,6 +221,8 @@ def _check_raw_path(connection: ASGIConnection) -> None:
     if b"%2f" in raw.lower():
         raise invalid_id('ids may not contain "/" (%2F)')
     for part, query in ((raw, False), (connection.scope.get("query_string", b""), True)):
+        if part.isascii() and b"%" not in part:
+            continue  # what most requests send: nothing to decode, and ASCII is UTF-8
         try:
             unquote_to_bytes(part.replace(b"+", b" ") if query else part).decode("utf-8")
         except UnicodeDecodeError:

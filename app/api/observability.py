@@ -94,7 +94,7 @@ class RequestObserver:
             metrics.REQUESTS_IN_FLIGHT.dec()
             elapsed = time.perf_counter() - started
             route = _route(scope.get("path_template"))
-            metrics.REQUEST_DURATION.labels(method, route, str(status)).observe(elapsed)
+            _duration(method, route, status).observe(elapsed)
             trace_id = self.tracer.end(span, method, route, status) if self.tracer else None
             if self.request_log and log.isEnabledFor(logging.INFO):
                 _log_request(scope, request_id, method, route, status, elapsed, trace_id)
@@ -148,6 +148,14 @@ def _request_id(scope: Scope) -> str:
             break
     # an id to find a request by, not a secret: no system call for the randomness of uuid4
     return f"{random.getrandbits(128):032x}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _duration(method: str, route: str, status: int) -> Any:
+    """The request duration histogram's series of a method, route and status: remembered, as the
+    label look-up (a lock, the labels checked and joined) would cost every request again. Each of
+    the three comes from a bounded set; the bound is there all the same."""
+    return metrics.REQUEST_DURATION.labels(method, route, str(status))
 
 
 @functools.cache

@@ -236,7 +236,7 @@ async def read_slice(
     options = f"max_tokens={max_tokens} tokenizer={counter.name}"
     read = await db.read_slice(tenant_id, fsa_id, spec, k, order, path, options, min_version)
     header = slice_header(tenant_id, fsa_id, read["version"], spec, read)
-    metrics.SLICE_CACHE.labels("hit" if read["cached"] else "miss").inc()
+    (metrics.SLICE_HITS if read["cached"] else metrics.SLICE_MISSES).inc()
     if read["cached"]:
         body_text = read["summary"]
     else:
