@@ -55,6 +55,13 @@ def _listen_url() -> str | None:
     return url
 
 
+def _positive(name: str, default: float) -> float:
+    value = _float(name, default)
+    if not value > 0:
+        raise SystemExit(f"{name} must be more than 0, not {value!r}")
+    return value
+
+
 def _bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     if raw == "":
@@ -138,6 +145,7 @@ class Settings:
     keepalive_seconds: float = 15.0  # SSE keep-alive comments on an idle feed
     feed_poll_seconds: float = 5.0  # subscribers re-read the log this often even without NOTIFY
     expiry_sweep_seconds: float = 60.0  # how often states past their TTL are purged (0: never, by this process)
+    slice_hits_seconds: float = 1.0  # how often the slice-cache hits counted in memory are added up (app.db.slice_hits)
     snapshot_every: int = 1000  # versions between snapshots: the most an old-version read overlays
     auth: str = "auto"  # "auto": keys once any exists, loopback only until then; "required": keys always
     insecure_no_auth: bool = False  # with no key made, answer every client (not only loopback)
@@ -180,6 +188,7 @@ class Settings:
             keepalive_seconds=_int("SMS_KEEPALIVE_SECONDS", int(cls.keepalive_seconds)),
             feed_poll_seconds=_int("SMS_FEED_POLL_SECONDS", int(cls.feed_poll_seconds)),
             expiry_sweep_seconds=_float("SMS_EXPIRY_SWEEP_SECONDS", cls.expiry_sweep_seconds),
+            slice_hits_seconds=_positive("SMS_SLICE_HITS_SECONDS", cls.slice_hits_seconds),
             snapshot_every=_int("SMS_SNAPSHOT_EVERY", cls.snapshot_every),
             auth=_choice("SMS_AUTH", cls.auth, ("auto", "required")),
             insecure_no_auth=_bool("SMS_INSECURE_NO_AUTH", cls.insecure_no_auth),

@@ -4,9 +4,10 @@
 -- valid when its collections did not change since it was last validated (sms.slice_coarse, from
 -- the collections the row names: a hit parses nothing), or else when the fingerprint of what the
 -- spec covers is the same (sms.slice_fingerprint; the caller then stores the new "coarse"). A
--- valid row is returned as it is ("cached": true, with its "summary" body); otherwise the slice is
--- read ("cached": false, with the "request", "fingerprint" and "coarse" to store it under, see
--- sms.store_slice_summary). `options` distinguishes summary settings in the key. Either way the
+-- valid row is returned as it is ("cached": true, with its "summary" body, and "revalidated": whether
+-- its fingerprint had to be checked, so that the caller may store the new "coarse"); otherwise the
+-- slice is read ("cached": false, with the "request", "fingerprint" and "coarse" to store it under,
+-- see sms.store_slice_summary). `options` distinguishes summary settings in the key. Either way the
 -- slice is exactly the state's slice at "version".
 CREATE OR REPLACE FUNCTION sms.read_slice(p_tenant_id text, p_fsa_id text, p_spec text,
                                           p_k integer DEFAULT NULL, p_order text DEFAULT 'key',
@@ -41,7 +42,7 @@ BEGIN
     IF v_parts IS NULL OR v_cached.fingerprint = v_print THEN
         RETURN v_cached.result || jsonb_build_object('version', v_version, 'cached', true, 'cache_key', v_key,
                                                      'summary', v_cached.summary, 'computed_at', v_cached.version,
-                                                     'coarse', v_coarse);
+                                                     'coarse', v_coarse, 'revalidated', v_parts IS NOT NULL);
     END IF;
     RETURN sms.read_slice_parts(p_tenant_id, p_fsa_id, v_parts, p_k, p_order, p_where)
         || jsonb_build_object('version', v_version, 'cached', false, 'cache_key', v_key,

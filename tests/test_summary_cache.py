@@ -16,6 +16,9 @@ import asyncpg
 import httpx
 import pytest
 
+from app.db.queries import Database
+from app.errors import Problem
+
 T, F = "acme", "launch"
 URL = f"/state/{T}/{F}"
 
@@ -58,7 +61,16 @@ async def get_slice(client, spec: str | list[str], **params: Any) -> dict[str, A
     return exact(response.text)
 
 
-async def cache_rows(conn) -> list[dict[str, Any]]:
+async def add_up_hits(client) -> int:
+    """What the service does every second (app.db.slice_hits), now: in the service's event loop,
+    which the test client runs in a thread of its own."""
+    return await asyncio.to_thread(client.blocking_portal.call, client.app.state.db.flush_slice_hits)
+
+
+async def cache_rows(conn, client=None) -> list[dict[str, Any]]:
+    """The state's cache rows; with the service's `client`, once it has added up its hits."""
+    if client is not None:
+        await add_up_hits(client)
     rows = await conn.fetch(
         "SELECT cache_key, request::text, version, hits FROM sms.summary_cache"
         " WHERE tenant_id = $1 AND fsa_id = $2 ORDER BY created_at, cache_key",
@@ -87,22 +99,23 @@ async def test_a_second_identical_read_is_a_hit_with_the_same_answer(seeded, con
     assert (first["cached"], second["cached"]) == (False, True)
     assert {k: v for k, v in second.items() if k != "cached"} == {k: v for k, v in first.items() if k != "cached"}
     assert first["slice"] == {"tasks": DESIGN}
-    rows = await cache_rows(conn)
+    rows = await cache_rows(conn, seeded)
     assert len(rows) == 1 and rows[0]["version"] == 1 and rows[0]["hits"] == 1
 
 
 async def test_a_hit_read_in_one_snapshot_goes_uncounted_when_its_row_moved_on(seeded, conn, database_url):
-    # The service's reads on Citus run in one snapshot (repeatable read): a row another reader
-    # bumped since cannot be updated there, and the read answers all the same.
+    # The service's reads on Citus run in one snapshot (repeatable read): a row updated since
+    # cannot be updated there, and the read answers all the same.
     await get_slice(seeded, "metric:*")
     assert (await get_slice(seeded, "metric:*"))["cached"] is True
-    [row] = await cache_rows(conn)
+    [row] = await cache_rows(conn, seeded)
     options = json.loads(row["request"])["options"]  # the service's (its token budget)
     other = await asyncpg.connect(database_url)
     try:
         async with other.transaction(isolation="repeatable_read"):
             await other.fetchval("SELECT count(*) FROM sms.summary_cache")  # takes the snapshot
-            assert (await get_slice(seeded, "metric:*"))["cached"] is True  # bumps the row: 2 hits
+            assert (await get_slice(seeded, "metric:*"))["cached"] is True
+            assert await add_up_hits(seeded) == 1  # updates the row: 2 hits
             read = json.loads(
                 await other.fetchval(
                     "SELECT sms.read_slice_counted($1, $2, 'metric:*', NULL, 'key', NULL, $3)::text", T, F, options
@@ -113,17 +126,109 @@ async def test_a_hit_read_in_one_snapshot_goes_uncounted_when_its_row_moved_on(s
         await other.close()
     assert [row["hits"] for row in await cache_rows(conn)] == [2]
     assert (await get_slice(seeded, "metric:*"))["cached"] is True
-    assert [row["hits"] for row in await cache_rows(conn)] == [3]
+    assert [row["hits"] for row in await cache_rows(conn, seeded)] == [3]
 
 
 async def test_hits_are_counted(seeded, conn):
     await get_slice(seeded, "agent:*bot")
     for expected in range(1, 6):
         assert (await get_slice(seeded, "agent:*bot"))["cached"] is True
-        assert [row["hits"] for row in await cache_rows(conn)] == [expected]
+        assert [row["hits"] for row in await cache_rows(conn, seeded)] == [expected]
     await get_slice(seeded, "metric:*")
-    hits = {json.loads(row["request"])["spec"]: row["hits"] for row in await cache_rows(conn)}
+    hits = {json.loads(row["request"])["spec"]: row["hits"] for row in await cache_rows(conn, seeded)}
     assert hits == {"agent:*bot": 5, "metric:*": 0}
+
+
+async def test_a_hit_writes_nothing_until_the_service_adds_its_hits_up(seeded, conn):
+    # a cached slice is a pure read: its row keeps its version (xmin) until the hits are added up
+    await get_slice(seeded, "task:DESIGN_*", k=5)
+    row_version = "SELECT xmin::text FROM sms.summary_cache WHERE tenant_id = $1 AND fsa_id = $2"
+    stored = await conn.fetchval(row_version, T, F)
+    for _ in range(3):
+        assert (await get_slice(seeded, "task:DESIGN_*", k=5))["cached"] is True
+    assert await conn.fetchval(row_version, T, F) == stored
+    assert [row["hits"] for row in await cache_rows(conn)] == [0]
+    used = await conn.fetchval("SELECT last_used_at FROM sms.summary_cache")
+    assert await add_up_hits(seeded) == 1  # one row took its 3 hits
+    assert [row["hits"] for row in await cache_rows(conn)] == [3]
+    assert await conn.fetchval("SELECT last_used_at FROM sms.summary_cache") > used
+    assert await add_up_hits(seeded) == 0  # nothing counted since
+
+
+async def test_a_hit_that_revalidates_its_row_is_counted_at_once_and_stores_why(seeded, conn):
+    await get_slice(seeded, "task:DESIGN_*", k=5)
+    await write(seeded, {"tasks.IMPLEMENT_001.status": "DONE"})  # its collection, not its entries
+    [row] = await conn.fetch("SELECT coarse, xmin::text AS xmin FROM sms.summary_cache")
+    options = json.loads((await cache_rows(conn))[0]["request"])["options"]
+    read = "SELECT sms.read_slice_counted($1, $2, 'task:DESIGN_*', 5, 'key', NULL, $3, false)::text"
+    revalidated = json.loads(await conn.fetchval(read, T, F, options))
+    assert (revalidated["cached"], revalidated["revalidated"], revalidated.get("counted")) == (True, True, True)
+    [after] = await conn.fetch("SELECT coarse, hits FROM sms.summary_cache")
+    assert after["coarse"] == revalidated["coarse"] != row["coarse"] and after["hits"] == 1
+    plain = json.loads(await conn.fetchval(read, T, F, options))  # valid as last validated: no write
+    assert (plain["cached"], plain["revalidated"], plain.get("counted")) == (True, False, None)
+    assert [row["hits"] for row in await cache_rows(conn)] == [1]
+    # called as SQL users call it, every hit is counted there
+    counted = "SELECT sms.read_slice_counted($1, $2, 'task:DESIGN_*', 5, 'key', NULL, $3)::text"
+    assert json.loads(await conn.fetchval(counted, T, F, options))["counted"] is True
+    assert [row["hits"] for row in await cache_rows(conn)] == [2]
+
+
+async def test_hits_are_added_up_every_interval_and_when_the_service_stops(make_client, conn):
+    async with make_client(slice_hits_seconds=0.05) as client:
+        await seed(client)
+        await get_slice(client, "metric:*")
+        for _ in range(4):
+            await get_slice(client, "metric:*")
+        for _ in range(200):  # the service adds them up by itself: wait for it, never on a clock
+            if [row["hits"] for row in await cache_rows(conn)] == [4]:
+                break
+            await asyncio.sleep(0.05)
+        assert [row["hits"] for row in await cache_rows(conn)] == [4]
+    async with make_client(slice_hits_seconds=3600) as client:
+        for _ in range(2):
+            assert (await get_slice(client, "metric:*"))["cached"] is True
+        assert [row["hits"] for row in await cache_rows(conn)] == [4]
+    assert [row["hits"] for row in await cache_rows(conn)] == [6]  # added up as it stopped
+
+
+async def test_hits_of_rows_gone_meanwhile_and_of_several_states_and_tenants(seeded, conn, database_url):
+    await get_slice(seeded, "metric:*")
+    assert (await get_slice(seeded, "metric:*"))["cached"] is True
+    await seeded.post(f"/state/{T}/other", json=SEED)
+    await seeded.get(f"/state/{T}/other/slice", params={"slice": "metric:*"})
+    assert (await seeded.get(f"/state/{T}/other/slice", params={"slice": "metric:*"})).json()["cached"] is True
+    await conn.execute("DELETE FROM sms.summary_cache WHERE fsa_id = $1", F)  # evicted meanwhile
+    assert await add_up_hits(seeded) == 1
+    hits = await conn.fetch("SELECT fsa_id, hits FROM sms.summary_cache ORDER BY fsa_id")
+    assert [tuple(row) for row in hits] == [("other", 1)]
+
+
+async def test_hits_wait_for_the_next_time_when_the_database_is_away(settings, conn):
+    db = await Database.connect(settings.database_url, min_size=1, max_size=2)
+    db.slice_hits.count(T, F, "a-key")
+    db.slice_hits.count(T, F, "a-key")
+    db.slice_hits.count("another", F, "b-key")
+    await db.close()  # the database away: every call fails
+    with pytest.raises(Problem) as away:
+        await db.flush_slice_hits()
+    assert away.value.status == 503
+    assert db.slice_hits.take() == {T: {(F, "a-key"): 2}, "another": {(F, "b-key"): 1}}
+
+
+async def test_adding_up_checks_its_arrays_and_changes_nothing_on_bad_input(seeded, conn):
+    await get_slice(seeded, "metric:*")
+    [row] = await cache_rows(conn)
+    add = "SELECT sms.count_slice_hits($1, $2::text[], $3::text[], $4::bigint[])"
+    for fsa_ids, keys, hits in (([F], [row["cache_key"]], [1, 2]), ([F, F], [row["cache_key"]], [1])):
+        with pytest.raises(asyncpg.PostgresError) as refused:
+            await conn.fetchval(add, T, fsa_ids, keys, hits)
+        assert refused.value.sqlstate == "SM001"
+    assert [row["hits"] for row in await cache_rows(conn)] == [0]
+    # another tenant's row takes nothing from a call for this tenant
+    assert await conn.fetchval(add, "someone-else", [F], [row["cache_key"]], [5]) == 0
+    assert await conn.fetchval(add, T, [F, F], [row["cache_key"], row["cache_key"]], [2, 3]) == 1
+    assert [row["hits"] for row in await cache_rows(conn)] == [5]
 
 
 async def test_writes_elsewhere_keep_the_entry_and_a_hit_names_the_current_version(seeded, conn):
@@ -295,7 +400,7 @@ async def test_each_request_shape_is_its_own_row(seeded, conn):
     assert [a["slice"] for a in again] == [a["slice"] for a in answers]
     assert [a["summary"] for a in again] == [a["summary"] for a in answers]
     assert len({answers[i]["summary"] for i in (0, 1, 2, 4, 5)}) == 5
-    assert [row["hits"] for row in await cache_rows(conn)] == [2] * len(shapes)
+    assert [row["hits"] for row in await cache_rows(conn, seeded)] == [2] * len(shapes)
     # the spec as written is part of the key too, and each state has its own rows
     await get_slice(seeded, ["task:*", "agent:*"])
     await get_slice(seeded, "task:*,agent:*")

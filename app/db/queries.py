@@ -44,6 +44,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from app.db.slice_hits import SliceHits
 from app.domain import jsontext
 from app.domain.change import Change, Position
 from app.domain.delta import WriteMeta
@@ -95,6 +96,7 @@ EXPIRE = Call("sms.expire_state($1, $2)", 2, text=False)
 PURGE = Call("sms.purge_state($1, $2, $3, $4)", 4)
 COMPACT = Call("sms.compact($1, $2, $3, $4, $5)", 5)
 STORE_SUMMARY = Call("sms.store_slice_summary($1, $2, $3, $4)", 4, text=False, relaxed=True)
+COUNT_HITS = Call("sms.count_slice_hits($1, $2, $3, $4)", 4, text=False, relaxed=True)
 CALLS = (
     APPLY,
     REPLACE,
@@ -109,6 +111,7 @@ CALLS = (
     PURGE,
     COMPACT,
     STORE_SUMMARY,
+    COUNT_HITS,
 )
 _ACT_FOR = "SELECT sms.act_for($1)"
 
@@ -125,17 +128,19 @@ SELECT s.version,
 _READ_DELTAS = "SELECT sms.read_deltas($1, $2, $3, $4) FROM sms.act_for($5)"
 
 
-# A slice read writes only the cache's statistics (hits, last use): its commit need not wait for the
-# WAL to reach the disk (synchronous_commit off, for this transaction alone). A crash may forget
-# the last few hits; it cannot lose or corrupt anything.
+# A slice read writes at most the cache's statistics (a revalidated hit, see app.db.slice_hits): its
+# commit need not wait for the WAL to reach the disk (synchronous_commit off, for this transaction
+# alone). A crash may forget the last few hits; it cannot lose or corrupt anything.
 _RELAXED_COMMIT = "(SELECT set_config('synchronous_commit', 'off', true)) relaxed"
 _ACT_FOR_RELAXED = f"SELECT sms.act_for($1) FROM {_RELAXED_COMMIT}"
 
+# count_hits false: a plain hit writes nothing, and the process counts it (app.db.slice_hits)
 _READ_SLICE = (
-    f"SELECT sms.read_slice_counted($1, $2, $3, $4, $5, $6::jsonpath, $7) FROM sms.act_for($8), {_RELAXED_COMMIT}"
+    "SELECT sms.read_slice_counted($1, $2, $3, $4, $5, $6::jsonpath, $7, false)"
+    f" FROM sms.act_for($8), {_RELAXED_COMMIT}"
 )
 
-# A replica is read-only: there a cache hit is not counted (the primary's hits are).
+# A replica is read-only: its hits are counted by the process too, and added up on the primary.
 _READ_SLICE_ON_REPLICA = "SELECT sms.read_slice($1, $2, $3, $4, $5, $6::jsonpath, $7) FROM sms.act_for($8)"
 
 _CURRENT_VERSION = "SELECT sms.current_version($1, $2) FROM sms.act_for($3)"
@@ -225,6 +230,7 @@ class Database:
         read_wait: float = 1.0,
         turns: itertools.count | None = None,
         citus: bool = False,
+        slice_hits: SliceHits | None = None,
     ) -> None:
         self.pool = pool
         self.tenants = tenants
@@ -237,6 +243,8 @@ class Database:
         self.read_wait = read_wait  # seconds a read waits for a replica to replay the version it names
         self._turns = turns or itertools.count()  # whose turn among the replicas, shared by acting_for's copies
         self.citus = citus  # a Citus coordinator: see the module's docstring
+        # counted by read_slice, added up by flush_slice_hits; shared by acting_for's copies
+        self.slice_hits = SliceHits() if slice_hits is None else slice_hits
 
     @classmethod
     async def connect(
@@ -327,6 +335,7 @@ class Database:
             read_wait=self.read_wait,
             turns=self._turns,
             citus=self.citus,
+            slice_hits=self.slice_hits,
         )
 
     async def close(self) -> None:
@@ -637,7 +646,28 @@ class Database:
                 await conn.execute("SELECT set_config('statement_timeout', $1, true)", str(self.where_timeout_ms))
                 return await conn.fetchval(query, *args)
 
-        return await self._read(read, tenant_id, fsa_id, min_version, heavy=where is not None)
+        answer = await self._read(read, tenant_id, fsa_id, min_version, heavy=where is not None)
+        if answer["cached"] and not answer.get("counted"):
+            self.slice_hits.count(tenant_id, fsa_id, answer["cache_key"])
+        return answer
+
+    async def flush_slice_hits(self) -> int:
+        """Adds the slice-cache hits this process counted to the cache's rows (sms.count_slice_hits),
+        one call per tenant; how many rows took hits. When the database fails meanwhile, the hits
+        not added up wait for the next time, and the problem is raised."""
+        taken = list(self.slice_hits.take().items())
+        counted = 0
+        for done, (tenant_id, hits) in enumerate(taken):
+            try:
+                fsa_ids, cache_keys = zip(*hits, strict=True)
+                counted += await self.acting_for([tenant_id]).call(
+                    COUNT_HITS, tenant_id, list(fsa_ids), list(cache_keys), list(hits.values())
+                )
+            except BaseException:
+                for waiting, its_hits in taken[done:]:
+                    self.slice_hits.give_back(waiting, its_hits)
+                raise
+        return counted
 
     async def store_slice_summary(self, tenant_id: str, fsa_id: str, read: dict[str, Any], summary: str) -> None:
         await self.call(STORE_SUMMARY, tenant_id, fsa_id, read, summary)
