@@ -55,8 +55,10 @@ from helpers import (
 )
 from test_auth import auth_on, bearer, make_key
 
+from app.db.periodic import Periodic
 from app.db.roles import api_database_url
-from app.db.sweeper import ExpirySweeper
+from app.db.sweeper import sweep_expired
+from app.errors import database_unavailable
 from app.feed import Feed, StatePurged
 
 WAIT_SECONDS = 60.0  # the most any wait may take; generous, so slow machines never fail
@@ -530,13 +532,13 @@ async def test_a_sweep_purges_the_states_past_their_ttl_and_keeps_active_ones(db
         await age(conn, tenant, "idle", "revived", "forever")  # no TTL for "forever"
         await apply_delta(conn, {"n": 2}, tenant, "revived")  # a delta counts as activity
 
-    assert await ExpirySweeper(db, 3600).sweep() == len(tenants)
+    assert await sweep_expired(db) == len(tenants)
 
     for tenant in tenants:
         assert await snapshot(conn, tenant, "idle") == (0, [], {})
         assert [e["actor"] for e in await erasures(conn, tenant, "idle")] == ["ttl"]
         assert [await version(conn, tenant, fsa) for fsa in ("active", "revived", "forever")] == [1, 2, 1]
-    assert await ExpirySweeper(db, 3600).sweep() == 0  # nothing left to sweep
+    assert await sweep_expired(db) == 0  # nothing left to sweep
 
 
 async def test_a_state_written_after_the_sweep_listed_it_is_kept(conn):
@@ -595,6 +597,36 @@ async def test_the_running_service_sweeps_expired_states_by_itself(conn, make_cl
         assert (await client.get("/state/t/f")).json()["version"] == 0
     assert [e["actor"] for e in await erasures(conn)] == ["ttl"]
     assert await version(conn, *NEIGHBOUR) == 1
+
+
+async def test_a_periodic_job_that_fails_is_logged_runs_again_and_runs_once_more_at_stop(caplog):
+    # what runs the sweep and adds up the slice-cache hits (app.db.periodic)
+    runs: list[int] = []
+
+    async def job() -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise database_unavailable("the database is restarting")
+        if len(runs) == 2:
+            raise ValueError("a bug")
+
+    async def ran_again() -> bool:
+        return len(runs) >= 3
+
+    periodic = Periodic("the test job", job, 0.01, last=True)
+    periodic.start()
+    await until(ran_again, "the job to run again after failing twice")
+    await periodic.stop()
+    ran = len(runs)
+    await asyncio.sleep(0.05)
+    assert len(runs) == ran  # stopped, after its last run
+    messages = [record.getMessage() for record in caplog.records if record.name == "app.db.periodic"]
+    assert messages[:2] == [
+        "the test job failed: the database is restarting; it runs again in 0.01 s",
+        "the test job failed; it runs again in 0.01 s",
+    ]
+    await Periodic("never started", job, 0.01, last=True).stop()  # nothing to stop, nothing run
+    assert len(runs) == ran
 
 
 async def test_a_ttl_is_set_read_and_cleared_over_http(client, conn):

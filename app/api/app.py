@@ -34,10 +34,10 @@ from app.api.schemas import add_components
 from app.api.ui import UI_ROUTES
 from app.db.group_commit import GroupCommit
 from app.db.listener import Listener
+from app.db.periodic import Periodic
 from app.db.queries import Database
 from app.db.roles import api_database_url
-from app.db.slice_hits import HitWriter
-from app.db.sweeper import ExpirySweeper
+from app.db.sweeper import sweep_expired
 from app.domain import jsontext
 from app.errors import Problem
 from app.feed import Feed
@@ -208,8 +208,9 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             transaction_pooling=settings.transaction_pooling,
         )
         listener = Listener(settings.listen_database_url or api_url)
-        sweeper = ExpirySweeper(app.state.db, settings.expiry_sweep_seconds)
-        hit_writer = HitWriter(app.state.db.flush_slice_hits, settings.slice_hits_seconds)
+        db = app.state.db
+        sweeper = Periodic("the expiry sweep", lambda: sweep_expired(db), settings.expiry_sweep_seconds)
+        hits = Periodic("adding up the slice-cache hits", db.flush_slice_hits, settings.slice_hits_seconds, last=True)
         try:
             await app.state.db.check_role()
             await listener.start()
@@ -222,7 +223,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             )
             if settings.expiry_sweep_seconds > 0:
                 sweeper.start()
-            hit_writer.start()
+            hits.start()
             # What the service holds while it serves (its app, routes, schemas, code) is set aside from
             # the cycle collector: each full collection walked all of it, a ~70 ms pause about once a
             # second under load, which every request in flight waited through (the p99 of a hot
@@ -233,7 +234,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
         finally:
             gc.unfreeze()
             await sweeper.stop()
-            await hit_writer.stop()  # adds up the last hits, with the pool still open
+            await hits.stop()  # adds up the last hits, with the pool still open
             await listener.stop()
             await app.state.db.close()
 

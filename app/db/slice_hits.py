@@ -3,23 +3,14 @@
 A slice answered from the summary cache counted its hit on the cache's row: a new row version and
 its WAL on every read, about a quarter of what a cached slice cost PostgreSQL. Now each process
 counts the hits of rows that were still valid as last validated, per tenant, state and cache key,
-and adds them to the rows every `interval` seconds, one statement per tenant
+and adds them to the rows every SMS_SLICE_HITS_SECONDS (app.db.periodic), one statement per tenant
 (sms.count_slice_hits), and once more when it stops. A hit that had to check its row's fingerprint
 is counted by the database as before (its row stores the collections' versions it is now valid
-at). The counts — `hits`, and `last_used_at`, by which the cache evicts — may lag by `interval`; a
+at). The counts — `hits`, and `last_used_at`, by which the cache evicts — may lag by that interval; a
 process killed outright forgets its last interval's hits, which loses nothing else.
 """
 
 from __future__ import annotations
-
-import asyncio
-import contextlib
-import logging
-from collections.abc import Awaitable, Callable
-
-from app.errors import Problem
-
-log = logging.getLogger(__name__)
 
 Hits = dict[tuple[str, str], int]  # (state, cache key) → hits
 
@@ -47,39 +38,3 @@ class SliceHits:
 
     def __len__(self) -> int:
         return sum(len(hits) for hits in self._tenants.values())
-
-
-class HitWriter:
-    """A task that adds the hits up (`flush`) every `interval` seconds while the service runs, and
-    once more when it stops."""
-
-    def __init__(self, flush: Callable[[], Awaitable[int]], interval: float) -> None:
-        self.flush = flush
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="sms-slice-hits")
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        await self._flush()
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            await self._flush()
-
-    async def _flush(self) -> None:
-        try:
-            await self.flush()
-        except Problem as problem:  # the database away or busy: the hits wait for the next time
-            log.warning(
-                "the slice-cache hits could not be added up: %s; tried again in %s s", problem.detail, self.interval
-            )
-        except Exception:
-            log.exception("the slice-cache hits could not be added up; tried again in %s s", self.interval)
