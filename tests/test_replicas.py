@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 from helpers import ON_CITUS, TENANT, apply_delta
+from test_summary_cache import add_up_hits
 
 from app.db.listener import Listener
 from app.db.queries import Database, RoleError
@@ -109,6 +110,22 @@ async def test_a_read_with_min_version_waits_for_the_replica_or_the_primary_answ
             assert await slice_at(client, min_version=2) == (2, "DONE")
             assert await slice_at(client, min_version=1) == (2, "DONE")
             assert await slice_at(client, min_version=3) == (3, "CLOSED")
+
+
+async def test_cache_hits_answered_by_a_replica_are_counted_on_the_primary(
+    make_client, replicated, replica, primary_url, conn
+):
+    async with make_client(**replicated) as client:
+        await write(client, {"tasks.T1.status": "OPEN"})
+        await slice_at(client, min_version=1)  # a miss: the summary is stored on the primary
+        # stored with a relaxed commit: a write's commit flushes its WAL, which the replica then replays
+        await write(client, {"n": 1}, fsa="other")
+        with replay_paused(replica, primary_url):
+            assert await write(client, {"tasks.T2.status": "OPEN"}) == 2  # the primary moves on
+            for _ in range(3):
+                assert await slice_at(client) == (1, "OPEN")  # the lagging replica answers, from its cache
+            assert await add_up_hits(client) == 1
+            assert await conn.fetchval("SELECT hits FROM sms.summary_cache") == 3
 
 
 async def test_a_write_then_a_read_with_its_version_returns_it(make_client, replicated):
