@@ -18,6 +18,7 @@ import pytest
 
 from app.db.queries import Database
 from app.errors import Problem
+from app.settings import Settings
 
 T, F = "acme", "launch"
 URL = f"/state/{T}/{F}"
@@ -214,6 +215,17 @@ async def test_hits_wait_for_the_next_time_when_the_database_is_away(settings, c
         await db.flush_slice_hits()
     assert away.value.status == 503
     assert db.slice_hits.take() == {T: {(F, "a-key"): 2}, "another": {(F, "b-key"): 1}}
+
+
+def test_the_interval_of_adding_up_is_a_positive_number(monkeypatch):
+    monkeypatch.setenv("SMS_SLICE_HITS_SECONDS", "0.25")
+    assert Settings.from_env().slice_hits_seconds == 0.25
+    for bad in ("0", "-1", "nan", "soon"):
+        monkeypatch.setenv("SMS_SLICE_HITS_SECONDS", bad)
+        with pytest.raises(SystemExit, match="SMS_SLICE_HITS_SECONDS"):
+            Settings.from_env()
+    monkeypatch.delenv("SMS_SLICE_HITS_SECONDS")
+    assert Settings.from_env().slice_hits_seconds == 1.0
 
 
 async def test_adding_up_checks_its_arrays_and_changes_nothing_on_bad_input(seeded, conn):

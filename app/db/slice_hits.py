@@ -35,6 +35,3 @@ class SliceHits:
         mine = self._tenants.setdefault(tenant_id, {})
         for key, count in hits.items():
             mine[key] = mine.get(key, 0) + count
-
-    def __len__(self) -> int:
-        return sum(len(hits) for hits in self._tenants.values())
