@@ -193,7 +193,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        app.state.db = await Database.connect(
+        app.state.db = db = await Database.connect(
             api_url,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
@@ -208,14 +208,13 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             transaction_pooling=settings.transaction_pooling,
         )
         listener = Listener(settings.listen_database_url or api_url)
-        db = app.state.db
         sweeper = Periodic("the expiry sweep", lambda: sweep_expired(db), settings.expiry_sweep_seconds)
         hits = Periodic("adding up the slice-cache hits", db.flush_slice_hits, settings.slice_hits_seconds, last=True)
         try:
-            await app.state.db.check_role()
+            await db.check_role()
             await listener.start()
-            app.state.auth = Authenticator(settings, app.state.db)
-            app.state.feed = Feed(app.state.db, listener, poll_interval=settings.feed_poll_seconds)
+            app.state.auth = Authenticator(settings, db)
+            app.state.feed = Feed(db, listener, poll_interval=settings.feed_poll_seconds)
             app.state.group_commit = (
                 GroupCommit(window=settings.group_commit_window_ms / 1000, max_batch=settings.group_commit_max)
                 if settings.group_commit
@@ -236,7 +235,7 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
             await sweeper.stop()
             await hits.stop()  # adds up the last hits, with the pool still open
             await listener.stop()
-            await app.state.db.close()
+            await db.close()
 
     def provide_db(request: Request) -> Database:
         return request.state.db  # acting for the request's tenants (app.api.auth.authorize, before every handler)

@@ -1,11 +1,11 @@
-"""The TTL sweep (every SMS_EXPIRY_SWEEP_SECONDS, app.db.periodic): the states that have gone their `expires_after`
-without a delta are purged (recorded in sms.erasures with actor "ttl") until none is left: a batch
-of them is listed (sms.expired_states, every tenant's), then each is expired by a call of its own
-(sms.expire_state, which checks it again under the state's lock), in a transaction of its own. On
-Citus that call is delegated to the tenant's node, where the state's writers take its lock; one
-sweep statement on the coordinator would take the locks there, and is refused. Each process of the
-service sweeps; sweeps that meet take turns on each state's lock, and a state one of them purged is
-not there for the other."""
+"""The TTL sweep (every SMS_EXPIRY_SWEEP_SECONDS, app.db.periodic): the states that have gone their
+`expires_after` without a delta are purged (recorded in sms.erasures with actor "ttl") until none is
+left: a batch of them is listed (sms.expired_states, every tenant's), then each is expired by a call
+of its own (sms.expire_state, which checks it again under the state's lock), in a transaction of its
+own. On Citus that call is delegated to the tenant's node, where the state's writers take its lock;
+one sweep statement on the coordinator would take the locks there, and is refused. Each process of
+the service sweeps; sweeps that meet take turns on each state's lock, and a state one of them purged
+is not there for the other."""
 
 from __future__ import annotations
 
