@@ -15,14 +15,17 @@ DECLARE
     v_arg  jsonb  := p_op -> 'value';
     v_at   text   := sms.format_path(v_keys);
     v_top  jsonb;   -- the top-level row: NULL if absent, the marker '{}' if an object
+    v_top_version bigint;
     v_key  text;
     v_old  jsonb;
+    v_old_version bigint;
+    v_changed boolean := false;  -- whether a member changed
     v_new  jsonb;
     v_put  record;  -- what sms.put_entry changed (called as an expression: no query to plan and run)
 BEGIN
     entry_delta := 0;
     byte_delta := 0;
-    SELECT value INTO v_top FROM sms.entries
+    SELECT value, version INTO v_top, v_top_version FROM sms.entries
      WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1] AND NOT is_member;
 
     IF cardinality(v_keys) = 1 AND v_op IN ('set', 'unset') THEN
@@ -62,18 +65,19 @@ BEGIN
     IF cardinality(v_keys) = 1 AND v_op <> 'merge' THEN
         -- an operator on a top-level value; on an object marker apply_op raises the type mismatch
         v_new := sms.apply_op(v_top, '{}', v_op, v_arg, v_at);
-        v_put := sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', v_top, v_new, p_version);
+        v_put := sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', v_top, v_top_version, v_new, p_version);
         entry_delta := entry_delta + v_put.entry_delta;
         byte_delta := byte_delta + v_put.byte_delta;
         RETURN;
     END IF;
 
     IF cardinality(v_keys) = 1 AND jsonb_typeof(v_top) <> 'object' THEN
-        -- $merge replaces a value that is not an object (RFC 7396)
-        v_put := sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', v_top, NULL, p_version);
+        -- $merge replaces a value that is not an object (RFC 7396): with an empty object's marker
+        v_put := sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', v_top, v_top_version, '{}', p_version);
         entry_delta := entry_delta + v_put.entry_delta;
         byte_delta := byte_delta + v_put.byte_delta;
-        v_top := NULL;
+        v_top := '{}';
+        v_top_version := p_version;
     END IF;
     IF v_top IS NOT NULL AND jsonb_typeof(v_top) <> 'object' THEN
         -- writing through a scalar or array: apply_op raises (or ignores $unset/$remove)
@@ -84,9 +88,10 @@ BEGIN
         RETURN;
     END IF;
     IF v_top IS NULL THEN
-        v_put := sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', NULL, '{}', p_version);
+        v_put := sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], false, '', NULL, NULL, '{}', p_version);
         entry_delta := entry_delta + v_put.entry_delta;
         byte_delta := byte_delta + v_put.byte_delta;
+        v_top_version := p_version;
     END IF;
 
     -- $merge on a whole collection touches one member per key of the patch; any other op one member
@@ -95,15 +100,26 @@ BEGIN
         UNION ALL
         SELECT v_keys[2], v_arg WHERE cardinality(v_keys) > 1
     LOOP
-        SELECT value INTO v_old FROM sms.entries
+        SELECT value, version INTO v_old, v_old_version FROM sms.entries
          WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1]
            AND is_member AND member = v_key;
         v_new := CASE WHEN cardinality(v_keys) = 1
                       THEN nullif(sms.merge_patch(v_old, v_arg), 'null')
                       ELSE sms.apply_op(v_old, v_keys[3:], v_op, v_arg, v_at) END;
-        v_put := sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], true, v_key, v_old, v_new, p_version);
+        v_put := sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], true, v_key, v_old, v_old_version, v_new, p_version);
         entry_delta := entry_delta + v_put.entry_delta;
         byte_delta := byte_delta + v_put.byte_delta;
+        v_changed := v_changed OR v_put.changed;
     END LOOP;
+
+    -- The collection's marker row moves with its members (sms.slice_coarse compares its version):
+    -- to the version of the first change since the last transaction that moved it, which is what
+    -- its readers, in other transactions, can tell apart. Once a delta; in a batch (the setting
+    -- sms.batch holds its first version) once a batch, rather than a new row version every write.
+    IF v_changed AND v_top_version < coalesce(nullif(current_setting('sms.batch', true), '')::bigint, p_version) THEN
+        UPDATE sms.entries SET version = p_version
+         WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1]
+           AND NOT is_member AND member = '';
+    END IF;
 END;
 $$;

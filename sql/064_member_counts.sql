@@ -12,6 +12,6 @@ CREATE TABLE sms.member_counts (
     statuses   jsonb            NOT NULL,  -- members per status: {"OPEN": 12, "DONE": 3}
     version    bigint           NOT NULL,  -- the latest state version that changed one of the members
                                            -- (family '': that changed the counts; the collection's
-                                           -- marker row in sms.entries has its latest change)
+                                           -- marker row in sms.entries moves with any change)
     PRIMARY KEY (tenant_id, fsa_id, collection, family)
 );

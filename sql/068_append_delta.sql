@@ -127,7 +127,7 @@ BEGIN
         PERFORM sms.take_snapshot(p_tenant_id, p_fsa_id, v_version);
     END IF;
 
-    IF coalesce(current_setting('sms.batch', true), '') <> 'on' THEN  -- a batch publishes once, at its end
+    IF coalesce(current_setting('sms.batch', true), '') = '' THEN  -- a batch publishes once, at its end
         v_notice := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
                                        'delta_id', v_prior.delta_id, 'actor', p_actor,
                                        'lineage_id', p_lineage_id, 'collections', to_jsonb(v_collections));

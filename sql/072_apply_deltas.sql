@@ -65,7 +65,9 @@ BEGIN
     END IF;
     PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, ''));
     PERFORM sms.state_lock(p_tenant_id, p_fsa_id);
-    PERFORM set_config('sms.batch', 'on', true);  -- its writes do not publish: the batch does, once
+    -- the batch's first version: its writes do not publish (the batch does, once) and move a
+    -- collection's marker row once for all of them (sms.write_op)
+    PERFORM set_config('sms.batch', (sms.current_version(p_tenant_id, p_fsa_id) + 1)::text, true);
 
     IF p_atomic THEN
         BEGIN

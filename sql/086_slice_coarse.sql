@@ -1,7 +1,8 @@
--- sms.slice_coarse(tenant, fsa, collections): the version of the latest change to each collection
--- (or top-level value) a slice reads, from a JSON array of their names: its marker row's version
--- (sms.put_entry keeps it current). When it is unchanged, nothing the slice covers changed either:
--- a cheap first check before sms.slice_fingerprint, one index lookup per collection.
+-- sms.slice_coarse(tenant, fsa, collections): for each collection (or top-level value) a slice
+-- reads, from a JSON array of their names, its marker row's version, which moves with every
+-- transaction that changes one of its members (sms.write_op). When it is unchanged, nothing the
+-- slice covers changed either: a cheap first check before sms.slice_fingerprint, one index lookup
+-- per collection.
 CREATE OR REPLACE FUNCTION sms.slice_coarse(p_tenant_id text, p_fsa_id text, p_collections jsonb) RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 BEGIN

@@ -710,3 +710,45 @@ async def test_a_delta_changing_one_entry_twice_applies_inside_a_savepoint(conn)
     assert json.loads(await conn.fetchval("SELECT sms.document_at('t', 'f', 1)::text")) == {
         "tasks": {"A": {"x": 1, "y": 2}}
     }
+
+
+async def history_at(conn: asyncpg.Connection, version: int) -> list[tuple[str, bool, str, Any]]:
+    rows = await conn.fetch(
+        "SELECT collection, is_member, member, value::text FROM sms.entry_history"
+        " WHERE tenant_id = 't' AND fsa_id = 'f' AND version = $1 ORDER BY 1, 2, 3",
+        version,
+    )
+    return [(r["collection"], r["is_member"], r["member"], decode(r["value"])) for r in rows]
+
+
+async def test_a_version_leaves_one_history_row_per_entry_it_changed(conn):
+    """Each entry a version changed has one history row with its final value: when $merge turns a
+    top-level scalar into an object (its row rewritten as the object's marker), when two ops of a
+    delta change one member, and in a batch where a write that changed an entry and then failed
+    gave its version to the next write."""
+    await conn.execute("SELECT sms.apply_delta('t', 'f', '{\"n\": 5}')")
+    await conn.execute("SELECT sms.apply_delta('t', 'f', '{\"n\": {\"$merge\": {\"a\": 1}}}')")
+    assert await history_at(conn, 2) == [("n", False, "", {}), ("n", True, "a", 1)]
+
+    await conn.execute("SELECT sms.apply_delta('t', 'f', '{\"tasks.A.a\": 1, \"tasks.A.s\": \"x\"}')")
+    assert await history_at(conn, 3) == [("tasks", False, "", {}), ("tasks", True, "A", {"a": 1, "s": "x"})]
+
+    writes = [
+        {"delta": {"tasks.A.a": 2, "tasks.A.s": {"$inc": 1}}},  # A.a written, then $inc on a string: SM002
+        {"delta": {"tasks.A.a": 3, "tasks.A.b": 4}},
+    ]
+    results = json.loads(await conn.fetchval("SELECT sms.apply_deltas('t', 'f', $1::jsonb)::text", json.dumps(writes)))
+    assert [r["success"] for r in results] == [False, True] and results[0]["sqlstate"] == "SM002"
+    assert results[1]["version"] == 4
+    assert await history_at(conn, 4) == [("tasks", True, "A", {"a": 3, "b": 4, "s": "x"})]
+
+    documents = {
+        v: json.loads(await conn.fetchval("SELECT sms.document_at('t', 'f', $1)::text", v)) for v in (1, 2, 3, 4)
+    }
+    assert documents == {
+        1: {"n": 5},
+        2: {"n": {"a": 1}},
+        3: {"n": {"a": 1}, "tasks": {"A": {"a": 1, "s": "x"}}},
+        4: {"n": {"a": 1}, "tasks": {"A": {"a": 3, "b": 4, "s": "x"}}},
+    }
+    assert documents[4] == json.loads(await conn.fetchval("SELECT sms.document('t', 'f')::text"))

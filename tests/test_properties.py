@@ -303,6 +303,19 @@ def state_rows(pg: psycopg.Connection, tenant: str, fsa: str) -> dict[str, list[
     }
 
 
+def markers_apart(rows: dict[str, list[tuple[Any, ...]]]) -> list[tuple[str, int]]:
+    """Takes the versions of the collections' marker rows out of state_rows' entries (a batch moves a
+    marker once, where writes one by one move it each time) and returns them."""
+    entries, markers = [], []
+    for collection, is_member, member, value, version in rows["entries"]:
+        if not is_member and value == "{}":
+            markers.append((collection, version))
+            version = None
+        entries.append((collection, is_member, member, value, version))
+    rows["entries"] = entries
+    return markers
+
+
 def write_alone(pg: psycopg.Connection, tenant: str, fsa: str, write: dict[str, Any]) -> dict[str, Any]:
     """sms.apply_write in a transaction of its own: its result, or its error as a batch reports it."""
     try:
@@ -346,7 +359,15 @@ def check_batch_as_alone(
         if not wanted["success"] and "sqlstate" in wanted:
             got = {key: got.get(key) for key in wanted}
         assert got == wanted, write
-    assert state_rows(pg, batched, fsa) == state_rows(pg, alone, fsa)
+    rows = {tenant: state_rows(pg, tenant, fsa) for tenant in (batched, alone)}
+    markers = {tenant: markers_apart(rows[tenant]) for tenant in (batched, alone)}
+    assert rows[batched] == rows[alone]
+    # what a marker's readers compare (sms.slice_coarse) is whether it moved: in the batch, to the
+    # first version that changed one of its members (or made it again), one by one to each of them
+    start_version = 1 if start else 0
+    for (collection, moved_once), (_, moved_each_time) in zip(markers[batched], markers[alone], strict=True):
+        assert (moved_once > start_version) == (moved_each_time > start_version), collection
+        assert moved_once <= moved_each_time, collection
     check_counters(pg, batched, fsa)
     return expected
 

@@ -276,7 +276,7 @@ async def test_writes_elsewhere_keep_the_entry_and_a_hit_names_the_current_versi
     assert response.headers["etag"] == '"4"' and response.json()["cached"] is True
 
 
-@pytest.mark.parametrize(
+COVERED_WRITES = pytest.mark.parametrize(
     ("delta", "expected"),
     [
         pytest.param(
@@ -323,6 +323,9 @@ async def test_writes_elsewhere_keep_the_entry_and_a_hit_names_the_current_versi
         ),
     ],
 )
+
+
+@COVERED_WRITES
 async def test_writes_to_what_the_slice_covers_are_misses(seeded, conn, delta, expected):
     before = await get_slice(seeded, "task:DESIGN_*")
     assert (await get_slice(seeded, "task:DESIGN_*"))["cached"] is True
@@ -339,6 +342,39 @@ async def test_writes_to_what_the_slice_covers_are_misses(seeded, conn, delta, e
     again = await get_slice(seeded, "task:DESIGN_*")
     assert again["cached"] is True and again["slice"] == after["slice"] and again["summary"] == after["summary"]
     assert [row["version"] for row in await cache_rows(conn)] == [2]
+
+
+@COVERED_WRITES
+async def test_writes_to_what_the_slice_covers_are_misses_also_in_a_batch(seeded, conn, delta, expected):
+    """In a batch, a collection's marker row (what a cached slice checks first) moves once, at the
+    batch's end, to the batch's latest version that touched it."""
+    assert (await get_slice(seeded, "task:DESIGN_*"))["cached"] is False
+    writes = [
+        {"delta": {"metrics.ctr": {"$inc": 1}}},
+        {"delta": delta},
+        {"delta": {"phase": {"$inc": 1}}},  # refused: phase is a string
+        {"delta": {"agents_online.DesignBot.status": "busy"}},
+    ]
+    response = await seeded.post(f"{URL}/deltas", json=writes)
+    assert response.status_code == 200, response.text
+    assert [r.get("version") for r in response.json()["results"]] == [2, 3, None, 4]
+    after = await get_slice(seeded, "task:DESIGN_*")
+    assert (after["cached"], after["version"]) == (False, 4)
+    assert after["slice"] == ({"tasks": expected} if expected else {})
+    assert sorted(entry_members(after["summary"])) == sorted(expected or {})
+    again = await get_slice(seeded, "task:DESIGN_*")
+    assert again["cached"] is True and again["slice"] == after["slice"]
+    markers = dict(
+        await conn.fetch(
+            "SELECT collection, version FROM sms.entries WHERE tenant_id = $1 AND fsa_id = $2 AND NOT is_member"
+            " AND value = '{}'",
+            T,
+            F,
+        )
+    )
+    assert (markers.get("metrics"), markers.get("agents_online")) == (2, 4)
+    if expected is not None:
+        assert markers["tasks"] == 3
 
 
 async def test_replacing_the_whole_state_is_a_miss(seeded):
