@@ -24,6 +24,9 @@ DECLARE
     v_firsts text[] := '{}';    -- the paths' first keys
     v_shared boolean := false;  -- whether two paths share their first key
     v_clash  record;
+    v_count  bigint;    -- an object value's keys: how many,
+    v_all_ops boolean;  -- whether all start with $,
+    v_names  text;      -- and their names
 BEGIN
     IF p_delta IS NULL OR jsonb_typeof(p_delta) <> 'object' THEN
         RAISE EXCEPTION USING ERRCODE = 'SM001',
@@ -51,16 +54,21 @@ BEGIN
         v_shared := v_shared OR (v_path[1] = ANY(v_firsts)) IS NOT FALSE;
         v_firsts := v_firsts || v_path[1];
 
-        IF jsonb_typeof(v_value) = 'object' AND v_value <> '{}'
-           AND NOT EXISTS (SELECT FROM jsonb_object_keys(v_value) k WHERE left(k, 1) <> '$') THEN
+        v_count := 0;
+        IF jsonb_typeof(v_value) = 'object' THEN  -- one look at its keys
+            SELECT count(*), bool_and(left(k, 1) = '$'), string_agg(k, ', ')
+              INTO v_count, v_all_ops, v_names FROM jsonb_object_keys(v_value) k;
+        END IF;
+        IF v_count > 0 AND v_all_ops THEN
             -- an operator object: exactly one $-key
-            IF (SELECT count(*) FROM jsonb_object_keys(v_value)) > 1 THEN
+            IF v_count > 1 THEN
                 RAISE EXCEPTION USING ERRCODE = 'SM001',
                     MESSAGE = format('"%s" has several operators (%s); give one operator per path',
-                                     v_key, (SELECT string_agg(k, ', ') FROM jsonb_object_keys(v_value) k)),
+                                     v_key, v_names),
                     DETAIL = jsonb_build_object('path', v_key)::text;
             END IF;
-            SELECT key, value INTO v_op, v_arg FROM jsonb_each(v_value);
+            v_op := v_names;
+            v_arg := v_value -> v_op;
             PERFORM sms.check_value(v_key, v_arg);
             v_op := CASE v_op
                 WHEN '$set' THEN 'set'     WHEN '$unset' THEN 'unset'

@@ -7,9 +7,13 @@
 CREATE OR REPLACE FUNCTION sms.check_number(p_path text, p_value jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
-    v_found jsonb := jsonb_path_query_first(p_value, 'strict $.** ? (@.type() == "number"
-        && (@ >= 1e18 || @ <= -1e18 || (@ != 0 && @ < 1e-18 && @ > -1e-18) || (@ * 1e18).floor() != @ * 1e18))');
+    v_found jsonb;
 BEGIN
+    IF jsonb_typeof(p_value) IN ('string', 'boolean', 'null') THEN
+        RETURN;  -- no number in it: most values, without a walk
+    END IF;
+    v_found := jsonb_path_query_first(p_value, 'strict $.** ? (@.type() == "number"
+        && (@ >= 1e18 || @ <= -1e18 || (@ != 0 && @ < 1e-18 && @ > -1e-18) || (@ * 1e18).floor() != @ * 1e18))');
     IF v_found IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22003',
             MESSAGE = format('"%s" would hold the number %s, out of range: numbers are kept with an absolute value '

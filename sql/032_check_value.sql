@@ -12,14 +12,16 @@ CREATE OR REPLACE FUNCTION sms.check_value(p_path text, p_value jsonb, p_literal
 RETURNS void
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
 DECLARE
-    v_depth  integer := sms.limit_setting('max_depth', 32);
-    v_length integer := sms.limit_setting('max_key_length', 512);
+    v_depth  integer;
+    v_length integer;
     v_key    text;
 BEGIN
     PERFORM sms.check_number(p_path, p_value);
     IF jsonb_typeof(p_value) NOT IN ('object', 'array') THEN
         RETURN;
     END IF;
+    v_depth := sms.limit_setting('max_depth', 32);
+    v_length := sms.limit_setting('max_key_length', 512);
     IF jsonb_path_exists(p_value, format('strict $.**{%s to last} ? (@.type() == "object" || @.type() == "array")',
                                          v_depth - 1)::jsonpath) THEN
         PERFORM sms.raise_invalid(p_path, format('the value at "%s" is nested more than %s levels deep (the delta '

@@ -2,6 +2,196 @@
 
 DROP FUNCTION sms.put_entry(text, text, text, boolean, text, jsonb, jsonb, bigint);  -- it now takes the old value's version
 
+-- ===== sql/030_normalize_delta.sql
+-- sms.normalize_delta(delta): validates a delta in its wire format (DESIGN §4.1) and returns it
+-- normalised:
+--   {"ops":    [{"path": [keys], "op": "set|unset|inc|max|min|add|remove|push|merge",
+--                "value": operand}, ...],
+--    "expect": [{"path": [keys], "value": v} | {"path": [keys], "exists": bool}, ...]}
+-- The first-generation nested form is expanded first (sms.expand_nested: operators inside plain
+-- objects become dotted paths). Aliases are resolved ($addToSet -> add, $pull -> remove), a plain
+-- value becomes "set", $push
+-- operands become {"$each": [...], "$slice": n|null} and $add/$remove operands arrays.
+-- Anything malformed raises SM001 naming the offending path, and every value and operand is
+-- checked by sms.check_value (nesting, key lengths, numbers, no $-keys in plain values); nothing is
+-- read or written.
+-- Paths may not overlap (one a prefix of another), so the order of ops never matters.
+CREATE OR REPLACE FUNCTION sms.normalize_delta(p_delta jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    v_key    text;
+    v_value  jsonb;
+    v_path   text[];
+    v_op     text;
+    v_arg    jsonb;
+    v_ops    jsonb := '[]';
+    v_expect jsonb := '[]';
+    v_firsts text[] := '{}';    -- the paths' first keys
+    v_shared boolean := false;  -- whether two paths share their first key
+    v_clash  record;
+    v_count  bigint;    -- an object value's keys: how many,
+    v_all_ops boolean;  -- whether all start with $,
+    v_names  text;      -- and their names
+BEGIN
+    IF p_delta IS NULL OR jsonb_typeof(p_delta) <> 'object' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SM001',
+            MESSAGE = format('a delta must be a JSON object of paths, not %s',
+                             coalesce(jsonb_typeof(p_delta), 'nothing'));
+    END IF;
+
+    FOR v_key, v_value IN SELECT key, value FROM jsonb_each(sms.expand_nested(p_delta)) LOOP
+        IF v_key = '$expect' THEN
+            PERFORM sms.check_value(v_key, v_value);
+            v_expect := sms.normalize_expect(v_value);
+            CONTINUE;
+        END IF;
+        IF left(v_key, 1) = '$' THEN
+            RAISE EXCEPTION USING ERRCODE = 'SM001',
+                MESSAGE = format('"%s" is not a path: top-level keys starting with $ are reserved '
+                                 '(only $expect is defined)', v_key),
+                DETAIL = jsonb_build_object('path', v_key)::text;
+        END IF;
+        IF length(v_key) > sms.limit_setting('max_key_length', 512) THEN
+            PERFORM sms.raise_invalid(left(v_key, 100), format('a path is %s characters long; at most %s are allowed',
+                                                               length(v_key), sms.limit_setting('max_key_length', 512)));
+        END IF;
+        v_path := sms.parse_path(v_key);
+        v_shared := v_shared OR (v_path[1] = ANY(v_firsts)) IS NOT FALSE;
+        v_firsts := v_firsts || v_path[1];
+
+        v_count := 0;
+        IF jsonb_typeof(v_value) = 'object' THEN  -- one look at its keys
+            SELECT count(*), bool_and(left(k, 1) = '$'), string_agg(k, ', ')
+              INTO v_count, v_all_ops, v_names FROM jsonb_object_keys(v_value) k;
+        END IF;
+        IF v_count > 0 AND v_all_ops THEN
+            -- an operator object: exactly one $-key
+            IF v_count > 1 THEN
+                RAISE EXCEPTION USING ERRCODE = 'SM001',
+                    MESSAGE = format('"%s" has several operators (%s); give one operator per path',
+                                     v_key, v_names),
+                    DETAIL = jsonb_build_object('path', v_key)::text;
+            END IF;
+            v_op := v_names;
+            v_arg := v_value -> v_op;
+            PERFORM sms.check_value(v_key, v_arg);
+            v_op := CASE v_op
+                WHEN '$set' THEN 'set'     WHEN '$unset' THEN 'unset'
+                WHEN '$inc' THEN 'inc'     WHEN '$max' THEN 'max'      WHEN '$min' THEN 'min'
+                WHEN '$add' THEN 'add'     WHEN '$addToSet' THEN 'add'
+                WHEN '$remove' THEN 'remove' WHEN '$pull' THEN 'remove'
+                WHEN '$push' THEN 'push'   WHEN '$merge' THEN 'merge'
+                ELSE sms.raise_invalid(v_key, format('unknown operator %s at "%s" (known: $set, '
+                    '$unset, $inc, $max, $min, $add, $addToSet, $remove, $pull, $push, $merge)',
+                    v_op, v_key)) END;
+            v_arg := sms.normalize_operand(v_key, v_op, v_arg);
+        ELSE
+            PERFORM sms.check_value(v_key, v_value, true);
+            v_op := 'set';
+            v_arg := v_value;
+        END IF;
+        v_ops := v_ops || jsonb_build_object('path', to_jsonb(v_path), 'op', v_op, 'value', v_arg);
+    END LOOP;
+
+    IF v_ops = '[]' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SM001',
+            MESSAGE = 'the delta changes nothing: give at least one path';
+    END IF;
+
+    -- Overlapping paths: in sorted order a path's prefix-sibling sorts right before it. Paths that
+    -- overlap share their first key: when none do (most deltas), there is nothing to look for.
+    IF v_shared THEN
+        SELECT prev, cur INTO v_clash FROM (
+            SELECT p AS cur, lag(p) OVER (ORDER BY p) AS prev
+              FROM (SELECT ARRAY(SELECT jsonb_array_elements_text(o -> 'path')) COLLATE "C" AS p
+                      FROM jsonb_array_elements(v_ops) o) s
+        ) t WHERE prev IS NOT NULL AND cur[1:cardinality(prev)] = prev LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'SM001',
+                MESSAGE = format('paths "%s" and "%s" overlap; address each part of the state once',
+                                 sms.format_path(v_clash.prev), sms.format_path(v_clash.cur)),
+                DETAIL = jsonb_build_object('path', sms.format_path(v_clash.cur))::text;
+        END IF;
+    END IF;
+
+    RETURN jsonb_build_object('ops', v_ops, 'expect', v_expect);
+END;
+$$;
+
+-- ===== sql/031_check_number.sql
+-- sms.check_number(path, value): every number in `value` has an absolute value below 10^18 and at
+-- most 18 decimal places: what every reader renders back exactly, in SQL and in Python alike (an
+-- integer fits 64 bits, no number has more than 36 digits). Raises 22003 (number out of range)
+-- naming the path and the number. Checked on what deltas send and on what $inc makes of it. One
+-- walk of the value; the tests are in the order that keeps the arithmetic off numbers of
+-- thousands of digits (jsonpath's || stops at the first that holds).
+CREATE OR REPLACE FUNCTION sms.check_number(p_path text, p_value jsonb) RETURNS void
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    v_found jsonb;
+BEGIN
+    IF jsonb_typeof(p_value) IN ('string', 'boolean', 'null') THEN
+        RETURN;  -- no number in it: most values, without a walk
+    END IF;
+    v_found := jsonb_path_query_first(p_value, 'strict $.** ? (@.type() == "number"
+        && (@ >= 1e18 || @ <= -1e18 || (@ != 0 && @ < 1e-18 && @ > -1e-18) || (@ * 1e18).floor() != @ * 1e18))');
+    IF v_found IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('"%s" would hold the number %s, out of range: numbers are kept with an absolute value '
+                             'below 10^18 and at most 18 decimal places', p_path,
+                             CASE WHEN length(v_found::text) > 40 THEN left(v_found::text, 20) || '…'
+                                  ELSE v_found::text END),
+            DETAIL = jsonb_build_object('path', p_path)::text;
+    END IF;
+END;
+$$;
+
+-- ===== sql/032_check_value.sql
+-- sms.check_value(path, value, literal): a value a delta may store at `path` (DESIGN §4; nothing a
+-- client sends can break a state):
+--   * nested at most sms.max_depth (32) levels, counting the delta itself as one and the value as
+--     the second (an operator's operand counts as the value it stands for);
+--   * keys at every depth at most sms.max_key_length (512) characters;
+--   * numbers within sms.check_number's range;
+--   * with `literal` (a plain value, not a $set operand), no key starting with $: a nested
+--     {"$inc": 1} would be stored literally where an operator was meant.
+-- Raises SM001 (invalid) naming the path, or 22003 (sms.check_number). Three walks of the value
+-- (numbers, depth, keys), in the database, never in the service's event loop.
+CREATE OR REPLACE FUNCTION sms.check_value(p_path text, p_value jsonb, p_literal boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    v_depth  integer;
+    v_length integer;
+    v_key    text;
+BEGIN
+    PERFORM sms.check_number(p_path, p_value);
+    IF jsonb_typeof(p_value) NOT IN ('object', 'array') THEN
+        RETURN;
+    END IF;
+    v_depth := sms.limit_setting('max_depth', 32);
+    v_length := sms.limit_setting('max_key_length', 512);
+    IF jsonb_path_exists(p_value, format('strict $.**{%s to last} ? (@.type() == "object" || @.type() == "array")',
+                                         v_depth - 1)::jsonpath) THEN
+        PERFORM sms.raise_invalid(p_path, format('the value at "%s" is nested more than %s levels deep (the delta '
+                                                 'counting as one)', p_path, v_depth));
+    END IF;
+    SELECT k.key INTO v_key
+      FROM jsonb_path_query(p_value, 'strict $.** ? (@.type() == "object").keyvalue().key') j,
+           LATERAL (SELECT j #>> '{}' AS key) k
+     WHERE length(k.key) > v_length OR (p_literal AND left(k.key, 1) = '$')
+     LIMIT 1;
+    IF length(v_key) > v_length THEN
+        PERFORM sms.raise_invalid(p_path, format('the value at "%s" holds a key of %s characters; at most %s are '
+                                                 'allowed', p_path, length(v_key), v_length));
+    ELSIF v_key IS NOT NULL THEN
+        PERFORM sms.raise_invalid(p_path, format(
+            'the value at "%s" holds keys starting with $ (operators work only at the top of a path''s value); use '
+            '{"$set": ...} to store such keys literally', p_path));
+    END IF;
+END;
+$$;
+
 -- ===== sql/059_put_entry.sql
 -- sms.put_entry(...): stores one entry's new value given its old one (NULL = absent) and the old
 -- one's version: insert, update, delete, or nothing when the value did not change; a change is
