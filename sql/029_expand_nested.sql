@@ -17,6 +17,10 @@ BEGIN
     IF jsonb_typeof(p_delta) IS DISTINCT FROM 'object' THEN
         RETURN p_delta;  -- sms.normalize_delta says what is wrong with it
     END IF;
+    IF NOT jsonb_path_exists(p_delta, 'strict $.keyvalue() ? (!(@.key starts with "$") && @.value.type() == "object"
+                                       && exists (@.value.keyvalue() ? (!(@.key starts with "$"))))') THEN
+        RETURN p_delta;  -- no plain object among its values (most deltas): an expression, not a query
+    END IF;
     SELECT array_agg(key) INTO v_nested FROM jsonb_each(p_delta)
      WHERE left(key, 1) <> '$' AND jsonb_typeof(value) = 'object'
        AND EXISTS (SELECT FROM jsonb_object_keys(value) k WHERE left(k, 1) <> '$')
