@@ -1,11 +1,13 @@
 -- sms.write_op(tenant, fsa, version, op): applies one normalised op to sms.entries, touching only
 -- the entries on its path (cost ∝ the entry, never the state), and records what changed in
--- sms.entry_history. Returns how the state's entry count and content bytes changed. The caller
+-- sms.entry_history. Returns how the state's entry count and content bytes changed, and the op's
+-- dotted path and collection (its first key), which the log keeps. The caller
 -- (sms.apply_delta) holds the state's lock. Its statements keep their generic plans: the planner
 -- made a new custom plan for the read of the collection's row on every call (the same index scan;
 -- 14 % of a hot delta's time in one profile).
 CREATE OR REPLACE FUNCTION sms.write_op(p_tenant_id text, p_fsa_id text, p_version bigint, p_op jsonb,
-                                        OUT entry_delta bigint, OUT byte_delta bigint)
+                                        OUT entry_delta bigint, OUT byte_delta bigint, OUT op_path text,
+                                        OUT op_collection text)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
@@ -25,6 +27,8 @@ DECLARE
 BEGIN
     entry_delta := 0;
     byte_delta := 0;
+    op_path := v_at;
+    op_collection := v_keys[1];
     SELECT value, version INTO v_top, v_top_version FROM sms.entries
      WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1] AND NOT is_member;
 

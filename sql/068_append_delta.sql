@@ -94,7 +94,12 @@ BEGIN
         v_written := sms.write_op(p_tenant_id, p_fsa_id, v_version, v_op);  -- an expression, not a query
         v_entries := v_entries + v_written.entry_delta;
         v_bytes := v_bytes + v_written.byte_delta;
+        v_paths := v_paths || v_written.op_path;
+        v_collections := v_collections || v_written.op_collection;
     END LOOP;
+    IF cardinality(v_collections) > 1 THEN  -- the log keeps them sorted, each once
+        v_collections := ARRAY(SELECT DISTINCT c FROM unnest(v_collections) c ORDER BY c);
+    END IF;
     IF p_targets IS NOT NULL THEN
         v_violations := sms.policy_violations(p_targets, v_before, sms.policy_values(p_tenant_id, p_fsa_id, p_targets),
                                               sms.aml_level(p_meta));
@@ -106,11 +111,6 @@ BEGIN
                 DETAIL = jsonb_build_object('violations', v_violations, 'current_version', v_version - 1)::text;
         END IF;
     END IF;
-
-    SELECT array_agg(sms.format_path(k) ORDER BY n), array_agg(DISTINCT k[1])
-      INTO v_paths, v_collections
-      FROM jsonb_array_elements(v_ops) WITH ORDINALITY o(op, n),
-           LATERAL (SELECT ARRAY(SELECT jsonb_array_elements_text(op -> 'path'))) p(k);
 
     INSERT INTO sms.deltas (tenant_id, fsa_id, version, delta_id, actor, lineage_id, trace_id, parent_id,
                             meta, ops, paths, collections)

@@ -364,6 +364,29 @@ async def test_notification_payload_fields(conn, database_url):
     }
 
 
+async def test_the_log_row_names_each_path_in_order_and_each_collection_once_sorted(conn):
+    """A delta's log row: its ops' dotted paths in the order of its ops (escaped as written) and its
+    collections (their first keys) each once, sorted — alone and in a batch."""
+    delta = {"z.k": 1, "a\\.b.x": 1, "a\\.b.y": 2, "m": {"$inc": 1}}
+    await apply_delta(conn, delta)
+    await conn.fetchval(
+        "SELECT sms.apply_deltas($1, $2, $3::jsonb)::text",
+        TENANT,
+        FSA,
+        json.dumps([{"delta": delta}, {"delta": {"z": 1}}]),
+    )
+    rows = await conn.fetch(
+        "SELECT paths, collections FROM sms.deltas WHERE tenant_id = $1 AND fsa_id = $2 ORDER BY version", TENANT, FSA
+    )
+    order = await conn.fetchval("SELECT array_agg(key) FROM jsonb_each($1::jsonb)", json.dumps(delta))
+    assert order == ["m", "z.k", "a\\.b.x", "a\\.b.y"]  # the ops' order: jsonb's order of keys
+    assert [(r["paths"], r["collections"]) for r in rows] == [
+        (order, ["a.b", "m", "z"]),
+        (order, ["a.b", "m", "z"]),
+        (["z"], ["z"]),
+    ]
+
+
 async def test_notification_stays_small_for_many_long_collection_names(conn, database_url):
     delta = {f"collection_{i:03d}_{'x' * 200}.member": i for i in range(500)}
     async with listening(database_url) as feed:

@@ -18,12 +18,14 @@ member; sms.write_op now moves it once an op, only when it is older than the del
 sms.normalize_delta looked at an object value's keys in three queries (any not starting with $? how
 many? the one operator) where one does; sms.check_value read its limits before finding a scalar,
 which it leaves to sms.check_number, which now skips the walk of a string, boolean or null; and
-sms.expand_nested tells a delta with no plain object among its values by an expression.
+sms.expand_nested tells a delta with no plain object among its values by an expression. And
+sms.append_delta made the log's paths and collections in a query of their own, where
+sms.format_path is not inlined; sms.write_op, which has both at hand, now returns them.
 
 callgrind of a single-user PostgreSQL 18 on copies of one data directory, the service's session
 settings, per delta, before → after: the seed bench's delta on a 100 KB state, batched 3.37 M →
-2.70 M instructions (−20 %), alone 4.24 M → 3.86 M (−9 %); the throughput bench's hot delta,
-batched 2.57 M → 2.09 M (−18 %), alone 3.62 M → 3.41 M (−6 %).
+2.60 M instructions (−23 %), alone 4.24 M → 3.77 M (−11 %); the throughput bench's hot delta,
+batched 2.57 M → 2.00 M (−22 %), alone 3.62 M → 3.33 M (−8 %).
 
 Executes 0027_cheaper_member_writes.sql, a frozen copy of what it installs; the downgrade restores
 the functions it replaced from the frozen copies of 0010, 0017, 0018 and 0025.
@@ -56,6 +58,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DROP FUNCTION sms.put_entry(text, text, text, boolean, text, jsonb, bigint, jsonb, bigint)")
+    op.execute("DROP FUNCTION sms.write_op(text, text, bigint, jsonb)")
     execute_script(
         frozen_sections(FROZEN_0010, "sql/031_check_number.sql", "sql/032_check_value.sql")
         + frozen_sections(FROZEN_0017, "sql/059_put_entry.sql")
