@@ -1,9 +1,9 @@
 -- sms.slice_fingerprint(tenant, fsa, parts): changes whenever anything a slice covers changes.
 -- Per part: for a key family, its sms.member_counts row (count and latest change: one row,
 -- however many members); for a whole collection, its count and the version of its marker row
--- (which moves with its members, sms.write_op); else the count and the highest version of its candidate entries (an insert
--- raises the highest version, a delete lowers the count, an update raises the version). And the
--- version of the top-level value when it is not an object.
+-- (which moves with its members, sms.write_op); else the count and the highest version of its
+-- candidate entries (an insert raises the highest version, a delete lowers the count, an update
+-- raises the version). And the version of the top-level value when it is not an object.
 CREATE OR REPLACE FUNCTION sms.slice_fingerprint(p_tenant_id text, p_fsa_id text, p_parts jsonb)
 RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
