@@ -16,8 +16,11 @@ DECLARE
     v_length integer;
     v_key    text;
 BEGIN
+    IF jsonb_typeof(p_value) NOT IN ('number', 'object', 'array') THEN
+        RETURN;  -- a string, boolean or null: nothing to check
+    END IF;
     PERFORM sms.check_number(p_path, p_value);
-    IF jsonb_typeof(p_value) NOT IN ('object', 'array') THEN
+    IF jsonb_typeof(p_value) = 'number' THEN
         RETURN;
     END IF;
     v_depth := sms.limit_setting('max_depth', 32);

@@ -17,15 +17,16 @@ member; sms.write_op now moves it once an op, only when it is older than the del
 
 sms.normalize_delta looked at an object value's keys in three queries (any not starting with $? how
 many? the one operator) where one does; sms.check_value read its limits before finding a scalar,
-which it leaves to sms.check_number, which now skips the walk of a string, boolean or null; and
+and now leaves a string, boolean or null at once, as sms.check_number does; and
 sms.expand_nested tells a delta with no plain object among its values by an expression. And
 sms.append_delta made the log's paths and collections in a query of their own, where
-sms.format_path is not inlined; sms.write_op, which has both at hand, now returns them.
+sms.format_path is not inlined; sms.write_op, which has both at hand, now returns them, and names
+the one member most ops write without a query.
 
 callgrind of a single-user PostgreSQL 18 on copies of one data directory, the service's session
 settings, per delta, before → after: the seed bench's delta on a 100 KB state, batched 3.37 M →
-2.60 M instructions (−23 %), alone 4.24 M → 3.77 M (−11 %); the throughput bench's hot delta,
-batched 2.57 M → 2.00 M (−22 %), alone 3.62 M → 3.33 M (−8 %).
+2.52 M instructions (−25 %), alone 4.24 M → 3.70 M (−13 %); the throughput bench's hot delta,
+batched 2.57 M → 1.92 M (−25 %), alone 3.62 M → 3.27 M (−10 %).
 
 Executes 0027_cheaper_member_writes.sql, a frozen copy of what it installs; the downgrade restores
 the functions it replaced from the frozen copies of 0010, 0017, 0018 and 0025.

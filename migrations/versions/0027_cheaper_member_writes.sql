@@ -215,8 +215,11 @@ DECLARE
     v_length integer;
     v_key    text;
 BEGIN
+    IF jsonb_typeof(p_value) NOT IN ('number', 'object', 'array') THEN
+        RETURN;  -- a string, boolean or null: nothing to check
+    END IF;
     PERFORM sms.check_number(p_path, p_value);
-    IF jsonb_typeof(p_value) NOT IN ('object', 'array') THEN
+    IF jsonb_typeof(p_value) = 'number' THEN
         RETURN;
     END IF;
     v_depth := sms.limit_setting('max_depth', 32);
@@ -331,6 +334,7 @@ DECLARE
     v_at   text   := sms.format_path(v_keys);
     v_top  jsonb;   -- the top-level row: NULL if absent, the marker '{}' if an object
     v_top_version bigint;
+    v_members text[];  -- the members the op writes
     v_key  text;
     v_old  jsonb;
     v_old_version bigint;
@@ -412,16 +416,18 @@ BEGIN
     END IF;
 
     -- $merge on a whole collection touches one member per key of the patch; any other op one member
-    FOR v_key, v_arg IN
-        SELECT key, value FROM jsonb_each(v_arg) WHERE cardinality(v_keys) = 1
-        UNION ALL
-        SELECT v_keys[2], v_arg WHERE cardinality(v_keys) > 1
-    LOOP
+    -- (named without a query: nearly every op)
+    IF cardinality(v_keys) > 1 THEN
+        v_members := ARRAY[v_keys[2]];
+    ELSE
+        v_members := ARRAY(SELECT jsonb_object_keys(v_arg));
+    END IF;
+    FOREACH v_key IN ARRAY v_members LOOP
         SELECT value, version INTO v_old, v_old_version FROM sms.entries
          WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = v_keys[1]
            AND is_member AND member = v_key;
         v_new := CASE WHEN cardinality(v_keys) = 1
-                      THEN nullif(sms.merge_patch(v_old, v_arg), 'null')
+                      THEN nullif(sms.merge_patch(v_old, v_arg -> v_key), 'null')
                       ELSE sms.apply_op(v_old, v_keys[3:], v_op, v_arg, v_at) END;
         v_put := sms.put_entry(p_tenant_id, p_fsa_id, v_keys[1], true, v_key, v_old, v_old_version, v_new, p_version);
         entry_delta := entry_delta + v_put.entry_delta;
