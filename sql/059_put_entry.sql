@@ -17,9 +17,10 @@ DECLARE
     v_is     text := sms.entry_status(p_new);
     v_family text;
 BEGIN
+    changed := p_new IS DISTINCT FROM p_old;
     entry_delta := 0;
     byte_delta := coalesce(octet_length(p_new::text), 0) - coalesce(octet_length(p_old::text), 0);
-    IF p_new IS NOT DISTINCT FROM p_old THEN
+    IF NOT changed THEN
         byte_delta := 0;
     ELSIF p_old IS NULL THEN
         INSERT INTO sms.entries (tenant_id, fsa_id, collection, is_member, member, value, version)
@@ -35,7 +36,6 @@ BEGIN
          WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id AND collection = p_collection
            AND is_member = p_is_member AND member = p_member;
     END IF;
-    changed := p_new IS DISTINCT FROM p_old;
     IF changed AND p_is_member THEN
         -- the counts of the member's key family, and of the whole collection when they change
         -- (the collection's marker row moves with any change, sms.write_op): statements on one

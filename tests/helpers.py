@@ -159,6 +159,12 @@ async def listening(database_url: str) -> AsyncIterator[Feed]:
             await conn.close()
 
 
+async def add_up_hits(client: Any) -> int:
+    """What the service does every second (app.db.slice_hits), now: in the service's event loop,
+    which the test client runs in a thread of its own."""
+    return await asyncio.to_thread(client.blocking_portal.call, client.app.state.db.flush_slice_hits)
+
+
 def assert_problem(response: Any, status: int, slug: str) -> dict[str, Any]:
     """An RFC 9457 problem with the given status and type; returns its body."""
     assert response.status_code == status, response.text

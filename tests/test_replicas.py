@@ -18,8 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import ON_CITUS, TENANT, apply_delta
-from test_summary_cache import add_up_hits
+from helpers import ON_CITUS, TENANT, add_up_hits, apply_delta
 
 from app.db.listener import Listener
 from app.db.queries import Database, RoleError

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from helpers import add_up_hits
 
 from app.db.queries import Database
 from app.errors import Problem
@@ -60,12 +61,6 @@ async def get_slice(client, spec: str | list[str], **params: Any) -> dict[str, A
     response = await client.get(f"{URL}/slice", params={"slice": spec, **params})
     assert response.status_code == 200, response.text
     return exact(response.text)
-
-
-async def add_up_hits(client) -> int:
-    """What the service does every second (app.db.slice_hits), now: in the service's event loop,
-    which the test client runs in a thread of its own."""
-    return await asyncio.to_thread(client.blocking_portal.call, client.app.state.db.flush_slice_hits)
 
 
 async def cache_rows(conn, client=None) -> list[dict[str, Any]]:
@@ -325,29 +320,35 @@ COVERED_WRITES = pytest.mark.parametrize(
 )
 
 
+async def made_afresh_then_cached(client, version: int, expected: dict[str, Any] | None) -> dict[str, Any]:
+    """task:DESIGN_* after a write it covers: made afresh at `version`, holding what it now matches,
+    and the fresh answer cached in its turn. Returns the fresh answer."""
+    after = await get_slice(client, "task:DESIGN_*")
+    assert (after["cached"], after["version"]) == (False, version)
+    assert after["slice"] == ({"tasks": expected} if expected else {})
+    assert sorted(entry_members(after["summary"])) == sorted(expected or {})
+    again = await get_slice(client, "task:DESIGN_*")
+    assert again["cached"] is True and again["slice"] == after["slice"] and again["summary"] == after["summary"]
+    return after
+
+
 @COVERED_WRITES
 async def test_writes_to_what_the_slice_covers_are_misses(seeded, conn, delta, expected):
     before = await get_slice(seeded, "task:DESIGN_*")
     assert (await get_slice(seeded, "task:DESIGN_*"))["cached"] is True
     version = await write(seeded, delta)
-    after = await get_slice(seeded, "task:DESIGN_*")
-    assert after["cached"] is False
-    assert after["version"] == version == 2
-    assert after["slice"] == ({"tasks": expected} if expected else {})
+    assert version == 2
+    after = await made_afresh_then_cached(seeded, version, expected)
     assert after["total"] == len(expected or {})
     assert after["summary"].startswith(f"State {T}/{F} v2 · ")
-    assert sorted(entry_members(after["summary"])) == sorted(expected or {})
     assert after["summary"] != before["summary"]
-    # the fresh answer is cached in its turn
-    again = await get_slice(seeded, "task:DESIGN_*")
-    assert again["cached"] is True and again["slice"] == after["slice"] and again["summary"] == after["summary"]
     assert [row["version"] for row in await cache_rows(conn)] == [2]
 
 
 @COVERED_WRITES
 async def test_writes_to_what_the_slice_covers_are_misses_also_in_a_batch(seeded, conn, delta, expected):
-    """In a batch, a collection's marker row (what a cached slice checks first) moves once, at the
-    batch's end, to the batch's latest version that touched it."""
+    """In a batch, a collection's marker row (what a cached slice checks first) moves once, to the
+    first version of the batch that changed one of its members."""
     assert (await get_slice(seeded, "task:DESIGN_*"))["cached"] is False
     writes = [
         {"delta": {"metrics.ctr": {"$inc": 1}}},
@@ -358,12 +359,7 @@ async def test_writes_to_what_the_slice_covers_are_misses_also_in_a_batch(seeded
     response = await seeded.post(f"{URL}/deltas", json=writes)
     assert response.status_code == 200, response.text
     assert [r.get("version") for r in response.json()["results"]] == [2, 3, None, 4]
-    after = await get_slice(seeded, "task:DESIGN_*")
-    assert (after["cached"], after["version"]) == (False, 4)
-    assert after["slice"] == ({"tasks": expected} if expected else {})
-    assert sorted(entry_members(after["summary"])) == sorted(expected or {})
-    again = await get_slice(seeded, "task:DESIGN_*")
-    assert again["cached"] is True and again["slice"] == after["slice"]
+    await made_afresh_then_cached(seeded, 4, expected)
     markers = dict(
         await conn.fetch(
             "SELECT collection, version FROM sms.entries WHERE tenant_id = $1 AND fsa_id = $2 AND NOT is_member"
