@@ -212,6 +212,34 @@ async def test_hits_wait_for_the_next_time_when_the_database_is_away(settings, c
     assert db.slice_hits.take() == {T: {(F, "a-key"): 2}, "another": {(F, "b-key"): 1}}
 
 
+async def test_a_tenant_whose_hits_cannot_be_added_up_keeps_them_and_holds_up_no_other(seeded, conn, settings):
+    # The hits of the first tenant counted meet its row locked past the statement timeout: they
+    # wait for the next time, and the next tenant's are added up all the same.
+    await get_slice(seeded, "metric:*")
+    await seeded.post(f"/state/other-tenant/{F}", json=SEED)
+    await seeded.get(f"/state/other-tenant/{F}/slice", params={"slice": "metric:*"})
+    keys = dict(await conn.fetch("SELECT tenant_id, cache_key FROM sms.summary_cache"))
+    db = await Database.connect(settings.database_url, min_size=1, max_size=2, statement_timeout_ms=200)
+    locker = await asyncpg.connect(settings.database_url)
+    try:
+        for tenant_id, hits in ((T, 2), ("other-tenant", 3)):
+            for _ in range(hits):
+                db.slice_hits.count(tenant_id, F, keys[tenant_id])
+        async with locker.transaction():
+            await locker.execute("SELECT FROM sms.summary_cache WHERE tenant_id = $1 FOR UPDATE", T)
+            with pytest.raises(Problem) as stuck:
+                await db.flush_slice_hits()
+            assert (stuck.value.status, stuck.value.slug) == (503, "statement-timeout")
+        counted = dict(await conn.fetch("SELECT tenant_id, hits FROM sms.summary_cache"))
+        assert counted == {T: 0, "other-tenant": 3}
+        assert await db.flush_slice_hits() == 1  # the lock gone: the rest, once
+        assert dict(await conn.fetch("SELECT tenant_id, hits FROM sms.summary_cache")) == {T: 2, "other-tenant": 3}
+        assert db.slice_hits.take() == {}
+    finally:
+        await locker.close()
+        await db.close()
+
+
 def test_the_interval_of_adding_up_is_a_positive_number(monkeypatch):
     monkeypatch.setenv("SMS_SLICE_HITS_SECONDS", "0.25")
     assert Settings.from_env().slice_hits_seconds == 0.25

@@ -653,20 +653,30 @@ class Database:
 
     async def flush_slice_hits(self) -> int:
         """Adds the slice-cache hits this process counted to the cache's rows (sms.count_slice_hits),
-        one call per tenant; how many rows took hits. When the database fails meanwhile, the hits
-        not added up wait for the next time, and the problem is raised."""
+        one call per tenant; how many rows took hits. A tenant whose call fails (its rows locked past
+        the statement timeout, say) keeps its hits for the next time, and the other tenants' are
+        added all the same; then the first problem is raised. With the database away, every hit not
+        added up waits for the next time at once."""
         taken = list(self.slice_hits.take().items())
         counted = 0
+        failed: Problem | None = None
         for done, (tenant_id, hits) in enumerate(taken):
             try:
                 fsa_ids, cache_keys = zip(*hits, strict=True)
                 counted += await self.acting_for([tenant_id]).call(
                     COUNT_HITS, tenant_id, list(fsa_ids), list(cache_keys), list(hits.values())
                 )
-            except BaseException:
-                for waiting, its_hits in taken[done:]:
+            except BaseException as error:
+                # a tenant's own problem keeps its hits; anything else (the database away, a
+                # cancellation) keeps every hit not added up yet and stops
+                alone = isinstance(error, Problem) and error.slug != "database-unavailable"
+                for waiting, its_hits in taken[done : done + 1 if alone else None]:
                     self.slice_hits.give_back(waiting, its_hits)
-                raise
+                if not alone:
+                    raise
+                failed = failed or error
+        if failed is not None:
+            raise failed
         return counted
 
     async def store_slice_summary(self, tenant_id: str, fsa_id: str, read: dict[str, Any], summary: str) -> None:
