@@ -69,7 +69,9 @@ BEGIN
             END IF;
             v_op := v_names;
             v_arg := v_value -> v_op;
-            PERFORM sms.check_value(v_key, v_arg);
+            IF sms.needs_check(v_arg) THEN  -- a statement only for what it has to look at
+                PERFORM sms.check_value(v_key, v_arg);
+            END IF;
             v_op := CASE v_op
                 WHEN '$set' THEN 'set'     WHEN '$unset' THEN 'unset'
                 WHEN '$inc' THEN 'inc'     WHEN '$max' THEN 'max'      WHEN '$min' THEN 'min'
@@ -81,7 +83,9 @@ BEGIN
                     v_op, v_key)) END;
             v_arg := sms.normalize_operand(v_key, v_op, v_arg);
         ELSE
-            PERFORM sms.check_value(v_key, v_value, true);
+            IF sms.needs_check(v_value) THEN
+                PERFORM sms.check_value(v_key, v_value, true);
+            END IF;
             v_op := 'set';
             v_arg := v_value;
         END IF;

@@ -24,3 +24,14 @@ BEGIN
     END IF;
 END;
 $$;
+
+-- sms.needs_check(value): whether sms.check_value has anything to look at in a value: an object, an
+-- array, or a number sms.check_number refuses (10^18 or more, or more than 18 decimal places: what
+-- its walk finds, told by an expression). Strings, booleans, null and numbers in range — nearly
+-- every value a delta sends or $inc makes — are left without a statement: callers test this first.
+CREATE OR REPLACE FUNCTION sms.needs_check(p_value jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE jsonb_typeof(p_value)
+           WHEN 'number' THEN abs(p_value::numeric) >= 1e18 OR min_scale(p_value::numeric) > 18
+           ELSE jsonb_typeof(p_value) IN ('object', 'array') END;
+$$;

@@ -16,8 +16,8 @@ DECLARE
     v_length integer;
     v_key    text;
 BEGIN
-    IF jsonb_typeof(p_value) NOT IN ('number', 'object', 'array') THEN
-        RETURN;  -- a string, boolean or null: nothing to check
+    IF NOT sms.needs_check(p_value) THEN
+        RETURN;  -- a string, boolean, null or number in range: nothing to walk
     END IF;
     PERFORM sms.check_number(p_path, p_value);
     IF jsonb_typeof(p_value) = 'number' THEN

@@ -43,7 +43,9 @@ BEGIN
             RETURN p_arg;
         ELSIF v_type = 'number' THEN
             v_each := to_jsonb(p_target::numeric + p_arg::numeric);
-            PERFORM sms.check_number(p_at, v_each);  -- a sum may leave the range its terms kept
+            IF sms.needs_check(v_each) THEN  -- a sum may leave the range its terms kept
+                PERFORM sms.check_number(p_at, v_each);
+            END IF;
             RETURN v_each;
         END IF;
     WHEN 'max', 'min' THEN

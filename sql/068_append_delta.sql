@@ -45,6 +45,7 @@ DECLARE
     v_before      jsonb;
     v_violations  jsonb;
     v_written     record;
+    v_keys        text[];
 BEGIN
     v_version := sms.lock_state(p_tenant_id, p_fsa_id);
 
@@ -90,8 +91,9 @@ BEGIN
         v_before := sms.policy_values(p_tenant_id, p_fsa_id, p_targets);
     END IF;
     v_version := v_version + 1;
-    FOR v_op IN SELECT value FROM jsonb_array_elements(v_ops) LOOP
-        v_written := sms.write_op(p_tenant_id, p_fsa_id, v_version, v_op);  -- an expression, not a query
+    FOR v_op, v_keys IN SELECT value, ARRAY(SELECT jsonb_array_elements_text(value -> 'path'))
+                          FROM jsonb_array_elements(v_ops) LOOP
+        v_written := sms.write_op(p_tenant_id, p_fsa_id, v_version, v_op, v_keys);  -- an expression, not a query
         v_entries := v_entries + v_written.entry_delta;
         v_bytes := v_bytes + v_written.byte_delta;
         v_paths := v_paths || v_written.op_path;

@@ -221,6 +221,139 @@ async def test_incs_of_9e17_are_refused_from_the_one_that_would_overflow(client,
     assert await snapshot(conn) == (1, [1], {"x": 900000000000000000})
 
 
+# The write path tells values and ids that need no look by expressions (sms.needs_check, sms.id_ok)
+# and runs the checks that raise (sms.check_number's walk, sms.check_id) only for the others: the
+# expression must pass exactly what the check takes, or a bad value would go through unchecked.
+
+NUMBERS = [
+    "0",
+    "-0.0",
+    "1",
+    "-1",
+    "0.5",
+    "999999999999999999",
+    "-999999999999999999",
+    "999999999999999999.9",
+    "1e18",
+    "-1e18",
+    "1e17",
+    "9.99e17",
+    "1e-18",
+    "-1e-18",
+    "1e-19",
+    "-1e-19",
+    "0.000000000000000001",
+    "0.0000000000000000015",
+    "0.123456789012345678",
+    "0.1234567890123456789",
+    "1.50000000000000000000",
+    "123456789.123456789",
+    "123456789.1234567891",
+    "1e100",
+    "1e-100",
+    "12345678901234567890",
+]
+
+
+@pytest.mark.parametrize("number", NUMBERS)
+async def test_the_expression_that_passes_a_number_agrees_with_the_check_that_refuses_it(conn, number):
+    needs_check = await conn.fetchval("SELECT sms.needs_check($1::jsonb)", number)
+    try:
+        await conn.execute("SELECT sms.check_number('x', $1::jsonb)", number)
+        refused = False
+    except asyncpg.PostgresError as error:
+        assert error.sqlstate == "22003"
+        refused = True
+    assert needs_check == refused
+    # and a delta holding it, as a value and as an operand, is taken or refused as the check says
+    for delta in (f'{{"x": {number}}}', f'{{"x": {{"$inc": {number}}}}}', f'{{"x": [{number}]}}'):
+        if refused:
+            with pytest.raises(asyncpg.PostgresError) as raised:
+                await conn.fetchval("SELECT sms.normalize_delta($1::jsonb)", delta)
+            assert raised.value.sqlstate == "22003"
+        else:
+            await conn.fetchval("SELECT sms.normalize_delta($1::jsonb)", delta)
+
+
+async def test_strings_booleans_nulls_and_numbers_in_range_need_no_look_the_rest_do(conn):
+    values = ['"s"', "true", "null", "1", '{"a": 1}', "[]", "{}", "[1]", "1e18"]
+    looked_at = await conn.fetch("SELECT v, sms.needs_check(v::jsonb) AS n FROM unnest($1::text[]) v", values)
+    assert {row["v"]: row["n"] for row in looked_at} == {
+        '"s"': False,
+        "true": False,
+        "null": False,
+        "1": False,
+        '{"a": 1}': True,
+        "[]": True,
+        "{}": True,
+        "[1]": True,
+        "1e18": True,
+    }
+
+
+ID_NAMES = ["tenant_id", "fsa_id", "task_id", "lineage_id", "agent", "actor", "trace_id", "parent_id", "label"]
+ID_VALUES = [
+    None,
+    "",
+    "a",
+    "acme",
+    "a/b",
+    ".",
+    "..",
+    "...",
+    "a.b",
+    "x" * 128,
+    "x" * 129,
+    "é" * 64,
+    "é" * 65,
+    "a\x01b",
+    "a\tb",
+    "a\u0085b",
+    "a\u00adb",
+    "a\u200bb",
+    "a\u202eb",
+    "a\u2066b",
+    "a\ufeffb",
+    "a\ufffbb",
+    "日本",
+    "a b",
+    "-",
+    "a:b",
+]
+
+
+SEGMENTS = {"tenant_id", "fsa_id", "task_id", "lineage_id", "agent"}  # ids that are parts of URL paths
+HIDDEN = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]"
+)
+
+
+def id_taken(name: str, value: str | None) -> bool:
+    """DESIGN's rule for ids (sms.check_id), written out here as the test's own oracle."""
+    if value is None:
+        return True
+    segment = name in SEGMENTS
+    return not (
+        value == ""
+        or len(value.encode()) > 128
+        or HIDDEN.search(value)
+        or (segment and value in (".", ".."))
+        or (segment and name != "agent" and "/" in value)
+    )
+
+
+async def test_the_expression_that_passes_an_id_takes_exactly_the_ids_the_rule_allows(conn):
+    for name in ID_NAMES:
+        for value in ID_VALUES:
+            assert await conn.fetchval("SELECT sms.id_ok($1, $2)", name, value) is id_taken(name, value), (name, value)
+    # ids of a delta, each checked on the write path
+    for field in ("actor", "lineage_id", "trace_id", "parent_id"):
+        with pytest.raises(asyncpg.PostgresError) as raised:
+            await conn.fetchval(f"SELECT sms.apply_delta('t', 'f', '{{\"a\": 1}}', p_{field} => $1)", "a\u200bb")
+        assert raised.value.sqlstate == "SM007" and field in str(raised.value)
+    assert await snapshot(conn) == (0, [], {})
+
+
 # ---------------------------------------------------------------- a state that already holds a poison number
 
 POISON_OPS = [
