@@ -4,10 +4,10 @@
 -- replacing the defaults on that path; AML rules only when the level is below theirs (no level
 -- counts as 0). A rule above an op's path that only says `required` is left out: a change below a
 -- value never removes it.
--- Cost: with no rule for the state or its tenant (most states), two key probes. Otherwise one key
--- search per op, (state or defaults) and prefix of its path, plus one for the rules below it,
--- however many rules there are on other paths; rules whose path starts with a glob (anchor '') are
--- looked at for every op. Each search is a LATERAL subquery kept apart (OFFSET 0), so that no
+-- Cost: sms.apply_ops calls it only for a state that has rules, its own or its tenant's (most have
+-- none: two key probes there). Then one key search per op, (state or defaults) and prefix of its
+-- path, plus one for the rules below it, however many rules there are on other paths; rules whose
+-- path starts with a glob (anchor '') are looked at for every op. Each search is a LATERAL subquery kept apart (OFFSET 0), so that no
 -- estimate — of a table without statistics, say — turns it into a scan of the tenant's rules; and
 -- the searches are planned once per session, not per delta (a generic plan), and never compiled
 -- (JIT): their estimates are high for what they read.
@@ -18,10 +18,6 @@ SET plan_cache_mode = force_generic_plan
 SET jit = off
 AS $$
 BEGIN
-    IF NOT EXISTS (SELECT FROM sms.policies WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id)
-       AND NOT EXISTS (SELECT FROM sms.policies WHERE tenant_id = p_tenant_id AND fsa_id = '') THEN
-        RETURN NULL;
-    END IF;
     RETURN (
         WITH ops AS (
             -- each op's path and its prefixes, as dotted paths (sms.format_path, written out: a

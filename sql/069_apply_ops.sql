@@ -71,7 +71,10 @@ BEGIN
         PERFORM sms.raise_invalid('meta', 'meta must be a JSON object');
     END IF;
 
-    v_targets := sms.policy_targets(p_tenant_id, p_fsa_id, p_ops, sms.aml_level(p_meta));
+    -- no rule for the state or its tenant (most states): one probe, and no search
+    IF EXISTS (SELECT FROM sms.policies WHERE tenant_id = p_tenant_id AND fsa_id IN (p_fsa_id, '')) THEN
+        v_targets := sms.policy_targets(p_tenant_id, p_fsa_id, p_ops, sms.aml_level(p_meta));
+    END IF;
     IF v_targets IS NULL THEN
         RETURN sms.append_delta(p_tenant_id, p_fsa_id, p_ops, p_expect, p_actor, p_lineage_id, p_delta_id,
                                 p_expected_version, p_meta, p_trace_id, p_parent_id);
