@@ -1,13 +1,13 @@
--- sms.write_op(tenant, fsa, version, op, keys): applies one normalised op (`keys`: its path as a text
--- array) to sms.entries, touching only the entries on its path (cost ∝ the entry, never the state),
--- and records what changed in sms.entry_history. Returns how the state's entry count and content bytes changed, and the op's
--- dotted path and collection (its first key), which the log keeps. The caller
--- (sms.apply_delta) holds the state's lock. Its statements keep their generic plans: the planner
+-- sms.write_op(tenant, fsa, version, op, keys): applies one normalised op (`keys`: its path as a
+-- text array) to sms.entries, touching only the entries on its path (cost ∝ the entry, never the
+-- state), and records what changed in sms.entry_history. Returns how the state's entry count and
+-- content bytes changed, and the op's dotted path and collection (its first key), which the log
+-- keeps. The caller (sms.apply_delta) holds the state's lock. Its statements keep their generic plans: the planner
 -- made a new custom plan for the read of the collection's row on every call (the same index scan;
 -- 14 % of a hot delta's time in one profile).
 CREATE OR REPLACE FUNCTION sms.write_op(p_tenant_id text, p_fsa_id text, p_version bigint, p_op jsonb,
-                                        p_keys text[], OUT entry_delta bigint, OUT byte_delta bigint, OUT op_path text,
-                                        OUT op_collection text)
+                                        p_keys text[], OUT entry_delta bigint, OUT byte_delta bigint,
+                                        OUT op_path text, OUT op_collection text)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$

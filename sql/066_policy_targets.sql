@@ -5,12 +5,13 @@
 -- counts as 0). A rule above an op's path that only says `required` is left out: a change below a
 -- value never removes it.
 -- Cost: sms.apply_ops calls it only for a state that has rules, its own or its tenant's (most have
--- none: two key probes there). Then one key search per op, (state or defaults) and prefix of its
+-- none: one key probe tells). Then one key search per op, (state or defaults) and prefix of its
 -- path, plus one for the rules below it, however many rules there are on other paths; rules whose
--- path starts with a glob (anchor '') are looked at for every op. Each search is a LATERAL subquery kept apart (OFFSET 0), so that no
--- estimate — of a table without statistics, say — turns it into a scan of the tenant's rules; and
--- the searches are planned once per session, not per delta (a generic plan), and never compiled
--- (JIT): their estimates are high for what they read.
+-- path starts with a glob (anchor '') are looked at for every op. Each search is a LATERAL
+-- subquery kept apart (OFFSET 0), so that no estimate — of a table without statistics, say —
+-- turns it into a scan of the tenant's rules; and the searches are planned once per session, not
+-- per delta (a generic plan), and never compiled (JIT): their estimates are high for what they
+-- read.
 CREATE OR REPLACE FUNCTION sms.policy_targets(p_tenant_id text, p_fsa_id text, p_ops jsonb, p_aml_level integer)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE PARALLEL SAFE

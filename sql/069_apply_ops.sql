@@ -62,7 +62,7 @@ BEGIN
     IF NOT (sms.id_ok('tenant_id', coalesce(p_tenant_id, '')) AND sms.id_ok('fsa_id', coalesce(p_fsa_id, ''))
             AND sms.id_ok('actor', p_actor) AND sms.id_ok('lineage_id', p_lineage_id)
             AND sms.id_ok('trace_id', p_trace_id) AND sms.id_ok('parent_id', p_parent_id)) THEN
-        -- an expression for the ids that pass (all, nearly always); sms.check_id raises for the first that does not
+        -- an expression for ids that pass (all, nearly always); sms.check_id raises for the first bad one
         PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, '')),
                 sms.check_id('actor', p_actor), sms.check_id('lineage_id', p_lineage_id),
                 sms.check_id('trace_id', p_trace_id), sms.check_id('parent_id', p_parent_id);

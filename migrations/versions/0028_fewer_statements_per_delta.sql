@@ -365,16 +365,16 @@ END;
 $$;
 
 -- ===== sql/060_write_op.sql
--- sms.write_op(tenant, fsa, version, op, keys): applies one normalised op (`keys`: its path as a text
--- array) to sms.entries, touching only the entries on its path (cost ∝ the entry, never the state),
--- and records what changed in sms.entry_history. Returns how the state's entry count and content bytes changed, and the op's
--- dotted path and collection (its first key), which the log keeps. The caller
--- (sms.apply_delta) holds the state's lock. Its statements keep their generic plans: the planner
+-- sms.write_op(tenant, fsa, version, op, keys): applies one normalised op (`keys`: its path as a
+-- text array) to sms.entries, touching only the entries on its path (cost ∝ the entry, never the
+-- state), and records what changed in sms.entry_history. Returns how the state's entry count and
+-- content bytes changed, and the op's dotted path and collection (its first key), which the log
+-- keeps. The caller (sms.apply_delta) holds the state's lock. Its statements keep their generic plans: the planner
 -- made a new custom plan for the read of the collection's row on every call (the same index scan;
 -- 14 % of a hot delta's time in one profile).
 CREATE OR REPLACE FUNCTION sms.write_op(p_tenant_id text, p_fsa_id text, p_version bigint, p_op jsonb,
-                                        p_keys text[], OUT entry_delta bigint, OUT byte_delta bigint, OUT op_path text,
-                                        OUT op_collection text)
+                                        p_keys text[], OUT entry_delta bigint, OUT byte_delta bigint,
+                                        OUT op_path text, OUT op_collection text)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
@@ -519,12 +519,13 @@ $$;
 -- counts as 0). A rule above an op's path that only says `required` is left out: a change below a
 -- value never removes it.
 -- Cost: sms.apply_ops calls it only for a state that has rules, its own or its tenant's (most have
--- none: two key probes there). Then one key search per op, (state or defaults) and prefix of its
+-- none: one key probe tells). Then one key search per op, (state or defaults) and prefix of its
 -- path, plus one for the rules below it, however many rules there are on other paths; rules whose
--- path starts with a glob (anchor '') are looked at for every op. Each search is a LATERAL subquery kept apart (OFFSET 0), so that no
--- estimate — of a table without statistics, say — turns it into a scan of the tenant's rules; and
--- the searches are planned once per session, not per delta (a generic plan), and never compiled
--- (JIT): their estimates are high for what they read.
+-- path starts with a glob (anchor '') are looked at for every op. Each search is a LATERAL
+-- subquery kept apart (OFFSET 0), so that no estimate — of a table without statistics, say —
+-- turns it into a scan of the tenant's rules; and the searches are planned once per session, not
+-- per delta (a generic plan), and never compiled (JIT): their estimates are high for what they
+-- read.
 CREATE OR REPLACE FUNCTION sms.policy_targets(p_tenant_id text, p_fsa_id text, p_ops jsonb, p_aml_level integer)
 RETURNS jsonb
 LANGUAGE plpgsql STABLE PARALLEL SAFE
@@ -786,7 +787,7 @@ BEGIN
     IF NOT (sms.id_ok('tenant_id', coalesce(p_tenant_id, '')) AND sms.id_ok('fsa_id', coalesce(p_fsa_id, ''))
             AND sms.id_ok('actor', p_actor) AND sms.id_ok('lineage_id', p_lineage_id)
             AND sms.id_ok('trace_id', p_trace_id) AND sms.id_ok('parent_id', p_parent_id)) THEN
-        -- an expression for the ids that pass (all, nearly always); sms.check_id raises for the first that does not
+        -- an expression for ids that pass (all, nearly always); sms.check_id raises for the first bad one
         PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, '')),
                 sms.check_id('actor', p_actor), sms.check_id('lineage_id', p_lineage_id),
                 sms.check_id('trace_id', p_trace_id), sms.check_id('parent_id', p_parent_id);
