@@ -2,7 +2,7 @@
 
 Every statement a PL/pgSQL function runs (a PERFORM, a query) and every call of an SQL function the
 planner does not inline starts an executor of its own: on the write path, more than the work most of
-them do. Four kinds of them went:
+them do. Five kinds of them went:
 
 * sms.check_value and sms.check_number were PERFORMed for every value and operand of a delta, and
   after every $inc, to learn that a string, a boolean, null or a number in range holds nothing to
