@@ -6,7 +6,8 @@
 -- Guarantees (for sms.apply_ops):
 --   * atomic: the entries, the log row, its place in the tenant's feed and the NOTIFY commit
 --     together or not at all;
---   * serial per state: sms.lock_state serialises writers, versions are gap-free (v = previous + 1);
+--   * serial per state: sms.lock_state serialises writers (sms.apply_deltas holds the lock for a
+--     whole batch), versions are gap-free (v = previous + 1);
 --   * idempotent: a known delta_id returns the first result and applies nothing (SM005 if the
 --     same id comes with different ops);
 --   * optimistic concurrency: p_expected_version and the preconditions are checked under the lock
@@ -14,7 +15,7 @@
 --   * a type mismatch (SM002) applies nothing;
 --   * published (sms.publish): a place in the tenant's feed and exactly one NOTIFY on channel
 --     sms_changes with ids only (< 1 KB, unless the setting sms.notify is 'off') — or, inside
---     sms.apply_deltas (the setting sms.batch), one for the whole batch at its end;
+--     sms.apply_deltas (the setting sms.batch_at), one for the whole batch at its end;
 --   * every sms.snapshot_every() versions, a snapshot (sms.take_snapshot).
 CREATE OR REPLACE FUNCTION sms.append_delta(
     p_tenant_id        text,
@@ -46,8 +47,13 @@ DECLARE
     v_violations  jsonb;
     v_written     record;
     v_keys        text[];
+    v_batch_at    bigint := nullif(current_setting('sms.batch_at', true), '')::bigint;
+    v_setting     text;  -- what set_config answers
 BEGIN
-    v_version := sms.lock_state(p_tenant_id, p_fsa_id);
+    -- in a batch, whose caller holds the state's lock, the version its last write made (the setting
+    -- sms.batch_at, which a write that fails takes back with its subtransaction); else the lock. A
+    -- state's first version makes its header row (sms.lock_state), in a batch too.
+    v_version := CASE WHEN v_batch_at > 0 THEN v_batch_at ELSE sms.lock_state(p_tenant_id, p_fsa_id) END;
 
     IF p_delta_id IS NOT NULL THEN
         SELECT * INTO v_prior FROM sms.deltas
@@ -129,7 +135,9 @@ BEGIN
         PERFORM sms.take_snapshot(p_tenant_id, p_fsa_id, v_version);
     END IF;
 
-    IF coalesce(current_setting('sms.batch', true), '') = '' THEN  -- a batch publishes once, at its end
+    IF v_batch_at IS NOT NULL THEN  -- a batch publishes once, at its end
+        v_setting := set_config('sms.batch_at', v_version::text, true);  -- an expression, not a query
+    ELSE
         v_notice := jsonb_build_object('tenant_id', p_tenant_id, 'fsa_id', p_fsa_id, 'version', v_version,
                                        'delta_id', v_prior.delta_id, 'actor', p_actor,
                                        'lineage_id', p_lineage_id, 'collections', to_jsonb(v_collections));

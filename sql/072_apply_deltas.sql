@@ -51,6 +51,7 @@ CREATE OR REPLACE FUNCTION sms.apply_deltas(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_batch   text := current_setting('sms.batch', true);
+    v_at      bigint;
     v_made    bigint[];
     v_results jsonb[] := '{}';
     v_result  jsonb;
@@ -66,8 +67,10 @@ BEGIN
     PERFORM sms.check_id('tenant_id', coalesce(p_tenant_id, '')), sms.check_id('fsa_id', coalesce(p_fsa_id, ''));
     PERFORM sms.state_lock(p_tenant_id, p_fsa_id);
     -- the batch's first version: its writes do not publish (the batch does, once) and move a
-    -- collection's marker row once for all of them (sms.write_op)
-    PERFORM set_config('sms.batch', (sms.current_version(p_tenant_id, p_fsa_id) + 1)::text, true);
+    -- collection's marker row once for all of them (sms.write_op); and the state's version, which
+    -- each write that succeeds moves on (sms.append_delta reads it rather than the state's row)
+    v_at := sms.current_version(p_tenant_id, p_fsa_id);
+    PERFORM set_config('sms.batch', (v_at + 1)::text, true), set_config('sms.batch_at', v_at::text, true);
 
     IF p_atomic THEN
         BEGIN
@@ -120,7 +123,7 @@ BEGIN
         END LOOP;
     END IF;
 
-    PERFORM set_config('sms.batch', coalesce(v_batch, ''), true);
+    PERFORM set_config('sms.batch', coalesce(v_batch, ''), true), set_config('sms.batch_at', '', true);
     SELECT array_agg((r ->> 'version')::bigint) INTO v_made FROM unnest(v_results) r
      WHERE (r ->> 'success')::boolean AND NOT (r ->> 'duplicate')::boolean;
     IF v_made IS NOT NULL THEN

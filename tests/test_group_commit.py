@@ -108,6 +108,42 @@ async def test_idempotent_retries_of_batched_deltas(conn):
     assert (await snapshot(conn))[2] == {"n": 1, "m": 1, "k": 1}
 
 
+async def test_each_write_of_a_batch_sees_the_version_the_writes_before_it_made(conn):
+    """A batch keeps the state's version as its writes move it, and a failing write takes its move
+    back: a new state, a type mismatch, expected versions, a policy refusal and a retry in between;
+    then, in the same transaction, a lone delta takes the lock itself and publishes."""
+    await conn.execute(
+        "SELECT sms.set_policy($1, $2, $3::jsonb)", TENANT, FSA, json.dumps([{"path": "budget", "min": 0}])
+    )
+    key = str(uuid.uuid4())
+    results = await apply_deltas(
+        conn,
+        [
+            {"delta": {"n": {"$push": 1}}, "expected_version": 0},  # the state's first version
+            {"delta": {"n": {"$inc": 1}}, "expected_version": 1},  # n is an array: refused
+            {"delta": {"n": 1, "budget": 5}, "expected_version": 1},  # so the state is still at 1
+            {"delta": {"budget": {"$inc": -9}}},  # refused by the policy
+            {"delta": {"n": {"$inc": 1}}, "expected_version": 2, "delta_id": key},
+            {"delta": {"n": {"$inc": 1}}, "expected_version": 2, "delta_id": key},  # its retry
+            {"delta": {"m": 1}, "expected_version": 2},  # the state is at 3
+            {"delta": {"m": 1}, "expected_version": 3},
+        ],
+    )
+    assert [r.get("version") for r in results] == [1, None, 2, 2, 3, 3, None, 4]
+    assert results[1]["sqlstate"] == "SM002"
+    assert results[3]["refused"] is True and results[5]["duplicate"] is True
+    assert (results[6]["sqlstate"], json.loads(results[6]["detail"])["current_version"]) == ("SM003", 3)
+    assert await snapshot(conn) == (4, [1, 2, 3, 4], {"n": 2, "budget": 5, "m": 1})
+    async with conn.transaction():
+        places = await conn.fetchval("SELECT count(*) FROM sms.feed")
+        await apply_deltas(conn, [{"delta": {"k": 1}}, {"delta": {"k": 2}}])
+        alone = await apply_delta(conn, {"k": 3})
+        assert alone["version"] == 7
+        assert await conn.fetchval("SELECT count(*) FROM sms.feed") == places + 2  # the batch's, and its own
+        assert await conn.fetchval("SELECT current_setting('sms.batch_at', true)") == ""
+    assert await snapshot(conn) == (7, list(range(1, 8)), {"n": 2, "budget": 5, "m": 1, "k": 3})
+
+
 async def test_atomic_batch_is_all_or_nothing(conn):
     await apply_delta(conn, {"n": 1})
     before = await snapshot(conn)
