@@ -3,17 +3,14 @@
 -- integer fits 64 bits, no number has more than 36 digits). Raises 22003 (number out of range)
 -- naming the path and the number. Checked on what deltas send and on what $inc makes of it. One
 -- walk of the value; the tests are in the order that keeps the arithmetic off numbers of
--- thousands of digits (jsonpath's || stops at the first that holds).
+-- thousands of digits (jsonpath's || stops at the first that holds). Callers test sms.needs_check
+-- first: the walk is for values that may hold a number out of range.
 CREATE OR REPLACE FUNCTION sms.check_number(p_path text, p_value jsonb) RETURNS void
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
 DECLARE
-    v_found jsonb;
-BEGIN
-    IF jsonb_typeof(p_value) IN ('string', 'boolean', 'null') THEN
-        RETURN;  -- no number in it: most values, without a walk
-    END IF;
-    v_found := jsonb_path_query_first(p_value, 'strict $.** ? (@.type() == "number"
+    v_found jsonb := jsonb_path_query_first(p_value, 'strict $.** ? (@.type() == "number"
         && (@ >= 1e18 || @ <= -1e18 || (@ != 0 && @ < 1e-18 && @ > -1e-18) || (@ * 1e18).floor() != @ * 1e18))');
+BEGIN
     IF v_found IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22003',
             MESSAGE = format('"%s" would hold the number %s, out of range: numbers are kept with an absolute value '
