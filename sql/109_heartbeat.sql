@@ -1,8 +1,10 @@
 -- sms.heartbeat(tenant, fsa, agent, ...): records agents_online.<agent> as the latest time the
 -- agent was seen ($max of an ISO-8601 UTC timestamp, so late or concurrent heartbeats never move
 -- it back). Touches only that entry, so cached summaries of other collections stay valid. The
--- delta's actor is the agent unless `actor` is given (the service gives the actor its API key
--- names); `meta` is kept with it like any write's (its aml_level is what policies see).
+-- delta's actor is the agent unless `actor` is given; `meta` is kept with it like any write's (its
+-- aml_level is what policies see). The HTTP service makes the same delta itself
+-- (app.domain.delta.heartbeat_delta, with the actor its API key names), so that a heartbeat joins
+-- a busy state's group commit.
 CREATE OR REPLACE FUNCTION sms.heartbeat(p_tenant_id text, p_fsa_id text, p_agent text,
                                          p_lineage_id text DEFAULT NULL, p_at timestamptz DEFAULT now(),
                                          p_meta jsonb DEFAULT '{}', p_actor text DEFAULT NULL)

@@ -367,6 +367,52 @@ async def _concurrent_http_deltas(client: httpx.AsyncClient, conn: asyncpg.Conne
     assert await conn.fetchval("SELECT count(*) FROM sms.feed") < 36  # a place per transaction
 
 
+async def test_concurrent_heartbeats_share_transactions(live_url, conn):
+    """Heartbeats are deltas to their state: those that meet on a busy state go in one transaction
+    with each other and with its deltas, rather than each taking a turn on the state's lock and a
+    WAL flush of its own (which made every delta of a state with 200 agents wait for them)."""
+    agents = [f"team/Agent.{i}" for i in range(40)]  # a "/" and a "." in each name
+    async with httpx.AsyncClient(base_url=live_url, limits=httpx.Limits(max_connections=60)) as client:
+        await client.post(URL, json={"n": 0})
+        responses = await asyncio.gather(
+            *(client.post(f"/agents/{TENANT}/{FSA}/{agent}/heartbeat") for agent in agents),
+            *(client.post(f"{URL}/delta", json={"n": {"$inc": 1}}) for _ in range(20)),
+        )
+    assert [r.status_code for r in responses] == [200] * 60
+    beats = responses[:40]
+    assert [r.json()["agent"] for r in beats] == agents
+    assert sorted(r.json()["version"] for r in responses) == list(range(2, 62))
+    assert all(r.headers["etag"] == f'"{r.json()["version"]}"' for r in responses)
+    state = (await snapshot(conn))[2]
+    assert state["n"] == 20
+    assert state["agents_online"] == {agent: r.json()["timestamp"] for agent, r in zip(agents, beats, strict=True)}
+    # they met: fewer transactions than writes, a place in the feed per transaction
+    assert await conn.fetchval("SELECT count(*) FROM sms.feed") < 40
+
+
+async def test_a_heartbeat_writes_what_sms_heartbeat_writes(client, conn):
+    """The service applies a heartbeat as a delta it makes itself: the same log row (ops, actor,
+    lineage, meta) as sms.heartbeat writes for the same agent at the same time."""
+    response = await client.post(
+        f"/agents/{TENANT}/{FSA}/team/Design.Bot/heartbeat?lineage_id=sprint-7&pillar=ops",
+        headers={"Idempotency-Key": "beat-1", "If-Match": '"99"'},  # neither applies to a heartbeat
+    )
+    assert response.status_code == 200
+    beat = response.json()
+    assert beat["agent"] == "team/Design.Bot" and beat["version"] == 1
+    await conn.execute(
+        "SELECT sms.heartbeat($1, 'other', 'team/Design.Bot', 'sprint-7', $2::text::timestamptz, $3::jsonb)",
+        TENANT,
+        beat["timestamp"],
+        json.dumps({"pillar": "ops"}),
+    )
+    ours, theirs = (await log_rows(conn))[0], (await log_rows(conn, TENANT, "other"))[0]
+    kept = ("actor", "lineage_id", "meta", "ops", "paths")
+    assert {k: ours[k] for k in kept} == {k: theirs[k] for k in kept}
+    assert ours["actor"] == "team/Design.Bot" and ours["meta"] == {"pillar": "ops", "heartbeat": True}
+    assert (await snapshot(conn))[2] == {"agents_online": {"team/Design.Bot": beat["timestamp"]}}
+
+
 async def test_batch_endpoint_independent(client, conn):
     key = str(uuid.uuid4())
     writes = [

@@ -1,10 +1,12 @@
 """History and lineage routes (DESIGN §8): time travel, path history, diffs, rollback, lineage,
 "what changed since", and the original service's heartbeats and task comments. Each is one SQL
-function (sms.document_at, sms.path_changes, sms.rollback, sms.changes_digest, …); diffs are RFC
-6902 patches computed with jsonpatch."""
+function (sms.document_at, sms.path_changes, sms.rollback, sms.changes_digest, …) but heartbeats,
+which are deltas (group-committed with a busy state's others); diffs are RFC 6902 patches computed
+with jsonpatch."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import jsonpatch
@@ -23,6 +25,7 @@ from app.api.routes import (
     MaxTokens,
     MinVersion,
     TenantId,
+    apply_one,
     caller,
     check_ids,
     json_response,
@@ -31,7 +34,7 @@ from app.api.routes import (
 )
 from app.api.schemas import COMMON, DOTTED_PATH, SLICE_SPEC, WRITES, Answer, documented, write_parameters
 from app.domain import jsontext
-from app.domain.delta import decode_body, write_meta
+from app.domain.delta import HEARTBEAT_TIME, decode_body, heartbeat_delta, write_meta
 from app.domain.ids import check_id
 from app.domain.summary import changes_digest
 from app.domain.tokens import tokenizer
@@ -203,10 +206,12 @@ async def heartbeat(
         raise Problem(404, "not-found", "Not Found", "use POST /agents/{tenant}/{fsa}/{agent}/heartbeat")
     check_id("agent", agent, settings.limits.max_id_length)
     meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
-    result = await db.heartbeat(
-        tenant_id, fsa_id, agent, meta.lineage_id, jsontext.encode(meta.meta).decode(), principal.actor
-    )
-    return write_response(result)
+    at = datetime.now(UTC)
+    delta, beat = heartbeat_delta(agent, at, meta, principal.actor)
+    # as the original answered: the write, the agent and the time recorded
+    result = jsontext.decode(await apply_one(db, state, tenant_id, fsa_id, delta, beat))
+    result |= {"agent": agent, "timestamp": at.strftime(HEARTBEAT_TIME)}
+    return write_response(jsontext.encode(result).decode())
 
 
 @post(

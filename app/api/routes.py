@@ -32,7 +32,15 @@ from app.api.schemas import (
 from app.db.group_commit import GroupCommit
 from app.db.queries import Database
 from app.domain import jsontext
-from app.domain.delta import MAX_VERSION, batch_writes, decode_body, delta_text, document_text, write_meta
+from app.domain.delta import (
+    MAX_VERSION,
+    WriteMeta,
+    batch_writes,
+    decode_body,
+    delta_text,
+    document_text,
+    write_meta,
+)
 from app.domain.ids import check_id
 from app.domain.keys import Principal
 from app.domain.predicate import check_predicate
@@ -354,10 +362,16 @@ async def apply_delta(request: Request, db: Db, state: State, tenant_id: TenantI
         check_ids(settings, tenant_id=tenant_id, fsa_id=fsa_id)
         delta = await _delta_text(request, settings)
         meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
-        group_commit: GroupCommit | None = state.group_commit
-        if group_commit is None:
-            return write_response(await db.apply_delta(tenant_id, fsa_id, delta, meta))
-        return write_response(await group_commit.apply(db, tenant_id, fsa_id, delta, meta))
+        return write_response(await apply_one(db, state, tenant_id, fsa_id, delta, meta))
+
+
+async def apply_one(db: Database, state: State, tenant_id: str, fsa_id: str, delta: str, meta: WriteMeta) -> str:
+    """A delta's result (JSON text): through group commit when it is on, so that it shares a busy
+    state's transaction with the deltas that meet it there; else alone."""
+    group_commit: GroupCommit | None = state.group_commit
+    if group_commit is None:
+        return await db.apply_delta(tenant_id, fsa_id, delta, meta)
+    return await group_commit.apply(db, tenant_id, fsa_id, delta, meta)
 
 
 @post(

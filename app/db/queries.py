@@ -38,7 +38,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -87,7 +87,6 @@ APPLY = Call(f"sms.apply_delta{_WRITE}", 10)
 REPLACE = Call(f"sms.replace_state{_WRITE}", 10)
 APPLY_BATCH = Call("sms.apply_deltas($1, $2, $3::text::jsonb, $4)", 4)
 ROLLBACK = Call("sms.rollback($1, $2, $3, $4, $5, $6, $7, $8::text::jsonb, $9, $10)", 10)
-HEARTBEAT = Call("sms.heartbeat($1, $2, $3, $4, $5, $6::text::jsonb, $7)", 7)
 ADD_COMMENT = Call("sms.add_comment($1, $2, $3, $4, $5, $6, $7)", 7, text=False)
 SET_ALIAS = Call("sms.set_alias($1, $2, $3, $4)", 4, text=False)
 SET_POLICY = Call("sms.set_policy($1, $2, $3::jsonb, $4)", 4, text=False)
@@ -102,7 +101,6 @@ CALLS = (
     REPLACE,
     APPLY_BATCH,
     ROLLBACK,
-    HEARTBEAT,
     ADD_COMMENT,
     SET_ALIAS,
     SET_POLICY,
@@ -557,16 +555,6 @@ class Database:
     async def rollback(self, tenant_id: str, fsa_id: str, to_version: int, meta: WriteMeta) -> str:
         """Roll the state back to an earlier version, logged as one delta (sms.rollback); JSON text."""
         return await self.call(ROLLBACK, *write_args(tenant_id, fsa_id, to_version, meta))
-
-    async def heartbeat(
-        self, tenant_id: str, fsa_id: str, agent: str, lineage_id: str | None, meta: str, actor: str | None
-    ) -> str:
-        """Records that the agent was seen now (sms.heartbeat); the result, and — as the original
-        answered — the agent and the time recorded, as JSON text."""
-        at = datetime.now(UTC)
-        result = jsontext.decode(await self.call(HEARTBEAT, tenant_id, fsa_id, agent, lineage_id, at, meta, actor))
-        result |= {"agent": agent, "timestamp": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
-        return jsontext.encode(result).decode()
 
     async def add_comment(
         self,
