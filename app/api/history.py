@@ -1,8 +1,8 @@
 """History and lineage routes (DESIGN §8): time travel, path history, diffs, rollback, lineage,
 "what changed since", and the original service's heartbeats and task comments. Each is one SQL
-function (sms.document_at, sms.path_changes, sms.rollback, sms.changes_digest, …) but heartbeats,
-which are deltas (group-committed with a busy state's others); diffs are RFC 6902 patches computed
-with jsonpatch."""
+function (sms.document_at, sms.path_changes, sms.rollback, sms.changes_digest, …), but for
+heartbeats: deltas, group-committed with a busy state's others. Diffs are RFC 6902 patches
+computed with jsonpatch."""
 
 from __future__ import annotations
 
@@ -206,11 +206,11 @@ async def heartbeat(
         raise Problem(404, "not-found", "Not Found", "use POST /agents/{tenant}/{fsa}/{agent}/heartbeat")
     check_id("agent", agent, settings.limits.max_id_length)
     meta = principal.stamp(write_meta(dict(request.query_params), dict(request.headers), settings.limits))
-    at = datetime.now(UTC)
-    delta, beat = heartbeat_delta(agent, at, meta, principal.actor)
+    seen = datetime.now(UTC).strftime(HEARTBEAT_TIME)
+    delta, beat = heartbeat_delta(agent, seen, meta, principal.actor)
     # as the original answered: the write, the agent and the time recorded
     result = jsontext.decode(await apply_one(db, state, tenant_id, fsa_id, delta, beat))
-    result |= {"agent": agent, "timestamp": at.strftime(HEARTBEAT_TIME)}
+    result |= {"agent": agent, "timestamp": seen}
     return write_response(jsontext.encode(result).decode())
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -347,13 +346,13 @@ def write_meta(params: dict[str, str], headers: dict[str, str], limits: Limits) 
 HEARTBEAT_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
-def heartbeat_delta(agent: str, at: datetime, meta: WriteMeta, actor: str | None) -> tuple[str, WriteMeta]:
+def heartbeat_delta(agent: str, seen: str, meta: WriteMeta, actor: str | None) -> tuple[str, WriteMeta]:
     """A heartbeat as a delta, the one sms.heartbeat applies: agents_online.<agent> takes the later
-    of its time and `at` ($max of ISO 8601 UTC text, so a late heartbeat never moves it back), written
-    by `actor` (the key's) or else the agent, its meta marked as a heartbeat. As a delta it can share
-    a busy state's transaction with other deltas (group commit) instead of taking a turn of its own.
+    of its time and `seen` (HEARTBEAT_TIME text: $max of it never moves a time back), written by
+    `actor` (the key's) or else the agent, its meta marked as a heartbeat. As a delta it can share a
+    busy state's transaction with other deltas (group commit) instead of taking a turn of its own.
     Like sms.heartbeat it takes no idempotency key and no expected version: a $max repeats safely."""
-    delta = {f"agents_online.{escape_key(agent)}": {"$max": at.astimezone(UTC).strftime(HEARTBEAT_TIME)}}
+    delta = {f"agents_online.{escape_key(agent)}": {"$max": seen}}
     beat = replace(
         meta, actor=actor or agent, delta_id=None, expected_version=None, meta=meta.meta | {"heartbeat": True}
     )
