@@ -3,8 +3,6 @@
 -- deltas applied (gap-free), the counters describe sms.entries without scanning it
 -- (content_bytes: the size of the entries' JSON text). `expires_after`: the state's TTL, purged by
 -- sms.expire_states once it has gone that long without a delta (updated_at); NULL: never.
--- `comments`: the last comment id given out on the state's tasks (sms.add_comment), a counter of
--- the state's own, not a sequence (on Citus each node has its own).
 CREATE TABLE sms.states (
     tenant_id     text        NOT NULL,
     fsa_id        text        NOT NULL,
@@ -14,6 +12,5 @@ CREATE TABLE sms.states (
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
     expires_after interval,
-    comments      bigint      NOT NULL DEFAULT 0,
     PRIMARY KEY (tenant_id, fsa_id)
 );

@@ -1,9 +1,10 @@
 -- sms.add_comment(tenant, fsa, task_id, author, body, is_blocker, lineage_id): appends a comment
 -- to an existing task (tasks.<task_id>); SM010 (not found) and nothing stored when there is no
 -- such task. Bodies are markdown, 1 to 65536 characters. Returns the stored comment, whose id is
--- the state's next (sms.states.comments, counted on the state's row: a comment waits for a delta
--- being applied to the state to commit). Takes the state's fence (sms.state_fence), so that a
--- purge under way is never passed.
+-- the state's next: one more than its last comment's, under a lock of the state's comments alone —
+-- not its header row, which every write of the state's deltas updates, so that a comment never
+-- waits for a batch of them to commit, nor the next batch for the comment. Takes the state's fence
+-- (sms.state_fence), so that a purge under way is never passed.
 CREATE OR REPLACE FUNCTION sms.add_comment(p_tenant_id text, p_fsa_id text, p_task_id text, p_author text,
                                            p_body text, p_is_blocker boolean DEFAULT false,
                                            p_lineage_id text DEFAULT NULL)
@@ -26,9 +27,9 @@ BEGIN
             MESSAGE = format('task %s does not exist in %s/%s', p_task_id, p_tenant_id, p_fsa_id),
             DETAIL = jsonb_build_object('path', sms.format_path(ARRAY['tasks', p_task_id]))::text;
     END IF;
-    UPDATE sms.states SET comments = comments + 1
-     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id
-    RETURNING comments INTO v_comment_id;
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant_id, 47) # hashtextextended(p_fsa_id, 53));
+    SELECT coalesce(max(comment_id), 0) + 1 INTO v_comment_id FROM sms.task_comments
+     WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id;
     INSERT INTO sms.task_comments (tenant_id, fsa_id, task_id, comment_id, author, body, is_blocker, lineage_id)
     VALUES (p_tenant_id, p_fsa_id, p_task_id, v_comment_id, p_author, p_body, coalesce(p_is_blocker, false),
             p_lineage_id)

@@ -324,3 +324,25 @@ def test_recent_order_covers_entries_older_than_their_history(empty_database_url
         for spec in ("task:*", "task:a_*"):
             assert recent(spec, 1) == ["A_3"]  # found in the history
             assert recent(spec, 3) == ["A_3", "A_2", "A_1"]  # A_2 and A_1 predate it
+
+
+def test_downgrading_0029_puts_each_states_comment_counter_back(empty_database_url):
+    """0029 counts comment ids from the comments themselves; its downgrade puts the header row's
+    counter back at each state's last id, so that comments before and after either way never
+    share an id."""
+    migrate.upgrade(empty_database_url)
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+
+        def comment(fsa: str) -> int:
+            made = conn.execute("SELECT sms.add_comment('t', %s, 'T1', 'ann', 'hi')", (fsa,)).fetchone()[0]
+            return made["comment_id"]
+
+        for fsa in ("f", "g"):
+            conn.execute("""SELECT sms.apply_delta('t', %s, '{"tasks.T1.status": "OPEN"}')""", (fsa,))
+        assert [comment("f"), comment("f"), comment("f"), comment("g")] == [1, 2, 3, 1]
+        migrate.downgrade(empty_database_url, "0028")
+        counters = conn.execute("SELECT fsa_id, comments FROM sms.states ORDER BY fsa_id").fetchall()
+        assert counters == [("f", 3), ("g", 1)]
+        assert comment("f") == 4
+        migrate.upgrade(empty_database_url)
+        assert [comment("f"), comment("g")] == [5, 2]

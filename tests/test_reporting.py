@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections import defaultdict
@@ -608,6 +609,45 @@ async def test_comments_by_query_parameters_and_json_newest_first(client, conn):
     assert await comments("T3") == []
     # comments are not deltas: the state did not move
     assert (await client.get("/state/t/f")).json()["version"] == 1
+
+
+async def test_concurrent_comments_take_each_id_of_their_state_once(database_url, conn):
+    """A comment's id is one more than its state's last: 100 comments from 20 connections at once,
+    on two tasks of one state, take 1..100; another state counts from 1 on its own."""
+    await apply_delta(conn, {"tasks.T1.status": "OPEN", "tasks.T2.status": "OPEN"})
+    await apply_delta(conn, {"tasks.T1.status": "OPEN"}, fsa="g")
+    async with asyncpg.create_pool(database_url, min_size=20, max_size=20) as pool:
+
+        async def comment(i: int, fsa: str = "f") -> int:
+            task = f"T{i % 2 + 1}" if fsa == "f" else "T1"
+            return await pool.fetchval(
+                "SELECT (sms.add_comment('t', $1, $2, $3, 'lgtm') ->> 'comment_id')::bigint", fsa, task, f"a{i}"
+            )
+
+        ids = await asyncio.gather(*(comment(i) for i in range(100)))
+        assert sorted(ids) == list(range(1, 101))
+        assert [await comment(0, "g"), await comment(1, "g")] == [1, 2]
+    assert await conn.fetchval("SELECT count(DISTINCT comment_id) FROM sms.task_comments WHERE fsa_id = 'f'") == 100
+
+
+async def test_a_comment_does_not_wait_for_the_deltas_in_flight(database_url, conn):
+    """A comment counts its id apart from the state's header row, which each write of a delta
+    updates: it is taken while a transaction that applied a delta to the state is still open
+    (it used to wait for that transaction to end, and the state's next deltas for the comment)."""
+    await apply_delta(conn, {"tasks.T1.status": "OPEN"})
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with writer.transaction():
+            await writer.fetchval("""SELECT sms.apply_delta('t', 'f', '{"tasks.T1.status": "DONE"}')""")
+            async with conn.transaction():
+                await conn.execute("SET LOCAL lock_timeout = '2s'")  # a wait would fail it, not hang it
+                made = await conn.fetchval(
+                    "SELECT (sms.add_comment('t', 'f', 'T1', 'ann', 'on it') ->> 'comment_id')::bigint"
+                )
+        assert made == 1
+    finally:
+        await writer.close()
+    assert (await log_rows(conn))[-1]["version"] == 2
 
 
 async def test_a_comment_on_a_task_that_does_not_exist_is_a_404_and_stores_nothing(client, conn):

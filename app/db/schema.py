@@ -36,7 +36,6 @@ states = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("expires_after", Interval),
-    Column("comments", BigInteger, nullable=False),
     PrimaryKeyConstraint("tenant_id", "fsa_id"),
 )
 
