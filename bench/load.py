@@ -11,13 +11,15 @@ answers, over a mix of what agents do (DESIGN §1):
   `$expect` of the value it last wrote): it must apply;
 - now and then the same with a stale `$expect` (a value its member no longer holds): it must be
   refused with 409 expectation-failed and apply nothing (an expected refusal, not an error);
-- heartbeats (`POST /agents/{t}/{f}/{agent}/heartbeat`).
+- heartbeats (`POST /agents/{t}/{f}/{agent}/heartbeat`);
+- comments on a task of the state (`POST /tasks/{t}/{f}/{task}/comment`), a task per agent.
 
 About one agent in ten also follows the state's SSE feed (`GET /state/{t}/{f}/events`) for the
 whole run. Afterwards it checks, exactly: each counter equals its seed value plus the increments
 of the acknowledged deltas (refused ones added nothing); the acknowledged writes got the versions
 seed+1..final, each once; each subscriber received every version from its start to the final one,
-once and in order; every heartbeat left its agent in `agents_online`; and no request failed
+once and in order; every heartbeat left its agent in `agents_online`; every acknowledged comment
+is stored on its task under its own id, no id given twice; and no request failed
 unexpectedly (a 5xx, a transport error or timeout, any 4xx but the expected refusals). Speed is
 reported — per operation: count, ops/s, p50 and p99 latency, errors — and never checked; the exit
 code is 1 when a check fails.
@@ -72,15 +74,16 @@ REQUEST_TIMEOUT = 30.0  # seconds; a request slower than this counts as an error
 DRAIN_SECONDS = 30.0  # after the agents stop, the most subscribers may take to reach the final version
 PROGRESS_EVERY = 5.0  # seconds between progress lines when tqdm is not installed
 
-SLICE, INC, CAS, STALE, HEARTBEAT, EVENT = (
+SLICE, INC, CAS, STALE, HEARTBEAT, COMMENT, EVENT = (
     "slice read",
     "delta $inc",
     "delta $expect",
     "delta stale $expect",
     "heartbeat",
+    "comment",
     "sse event",
 )
-MIX = {SLICE: 40, INC: 30, CAS: 15, STALE: 5, HEARTBEAT: 10}  # weights of an agent's next operation
+MIX = {SLICE: 40, INC: 30, CAS: 15, STALE: 5, HEARTBEAT: 10, COMMENT: 5}  # weights of an agent's next operation
 OPERATIONS = (*MIX, EVENT)
 
 
@@ -256,6 +259,7 @@ class Run:
         self.headers = headers
         self.state_path = f"/state/{tenant}/{FSA}"
         self.agent_path = f"/agents/{tenant}/{FSA}"
+        self.task_path = f"/tasks/{tenant}/{FSA}"
         self.deadline = 0.0  # the agents start no operation after this (set as they start)
         self.stats = {name: OpStats() for name in OPERATIONS}
         self.error_kinds: Counter[str] = Counter()
@@ -324,6 +328,8 @@ class Agent:
         self.seq = 0  # load.<name>.seq as this agent last wrote it (nobody else writes it)
         self.deltas = 0  # its acknowledged deltas: what load.<name>.deltas must hold
         self.heartbeats = 0  # its acknowledged heartbeats
+        self.task = ""  # the task it comments on (one of the seed's, set once the seed is made)
+        self.comment_ids: list[int] = []  # the ids of its acknowledged comments
 
     async def work(self) -> None:
         """Operations drawn from MIX, back to back, until the deadline (the last one finishes:
@@ -334,6 +340,7 @@ class Agent:
             CAS: self.compare_and_set,
             STALE: self.stale_compare_and_set,
             HEARTBEAT: self.heartbeat,
+            COMMENT: self.comment,
         }
         names, weights = list(MIX), list(MIX.values())
         try:
@@ -384,6 +391,12 @@ class Agent:
         if answer is not None and answer.status == 200:
             self.run.acknowledged(answer, sent)
             self.heartbeats += 1
+
+    async def comment(self) -> None:
+        body = {"author": self.name, "body": f"{self.name}: looked at it"}
+        answer = await self.run.call(self.http, COMMENT, "POST", f"{self.run.task_path}/{self.task}/comment", body=body)
+        if answer is not None and answer.status == 200:
+            self.comment_ids.append(answer.json()["comment_id"])
 
 
 class Subscriber:
@@ -514,6 +527,22 @@ def check_heartbeats(agents: list[Agent], final: dict[str, Any]) -> list[str]:
     return [f"{len(absent)} agents' heartbeats left no trace in agents_online: {some(absent)}"] if absent else []
 
 
+async def check_comments(run: Run, agents: list[Agent]) -> list[str]:
+    """Every acknowledged comment is on its task, by its agent, under the id it was answered; no
+    id was given twice."""
+    ids = [comment_id for agent in agents for comment_id in agent.comment_ids]
+    failures = [f"{len(ids) - len(set(ids))} comment ids were given twice"] if len(set(ids)) != len(ids) else []
+    missing = []
+    for agent in agents:
+        if agent.comment_ids:
+            listed = (await required(run, "GET", f"{run.task_path}/{agent.task}/comments?limit=1000"))["comments"]
+            stored = {comment["comment_id"] for comment in listed if comment["author"] == agent.name}
+            missing += [f"{agent.name}: {comment_id}" for comment_id in agent.comment_ids if comment_id not in stored]
+    if missing:
+        failures.append(f"{len(missing)} acknowledged comments are not stored: {some(missing)}")
+    return failures
+
+
 def check_errors(run: Run) -> list[str]:
     kinds = [f"{kind} ×{count}" for kind, count in run.error_kinds.most_common()]
     return [f"{run.errors} unexpected answers: {some(kinds, 10)}"] if kinds else []
@@ -589,6 +618,9 @@ async def run_load(
     crew = [Agent(number, run) for number in range(agents)]
     seed = seed_document(crew)
     seed_version = (await required(run, "POST", run.state_path, seed))["version"]
+    tasks = sorted(seed["tasks"])
+    for number, agent in enumerate(crew):
+        agent.task = tasks[number % len(tasks)]
     following_agents = crew[: max(1, round(agents * SUBSCRIBER_SHARE))]
     subscribers = [Subscriber(agent.name, run, seed_version) for agent in following_agents]
     following = [asyncio.create_task(subscriber.follow()) for subscriber in subscribers]
@@ -614,6 +646,7 @@ async def run_load(
         *check_versions(run, seed_version, final["version"]),
         *check_feeds(subscribers, final["version"]),
         *check_heartbeats(crew, final["state"]),
+        *await check_comments(run, crew),
     ]
     return LoadResult(
         agents=agents,
