@@ -27,6 +27,7 @@ BEGIN
             MESSAGE = format('task %s does not exist in %s/%s', p_task_id, p_tenant_id, p_fsa_id),
             DETAIL = jsonb_build_object('path', sms.format_path(ARRAY['tasks', p_task_id]))::text;
     END IF;
+    -- the lock of the state's comments: a key of its own, neither sms.state_lock's nor the fence's
     PERFORM pg_advisory_xact_lock(hashtextextended(p_tenant_id, 47) # hashtextextended(p_fsa_id, 53));
     SELECT coalesce(max(comment_id), 0) + 1 INTO v_comment_id FROM sms.task_comments
      WHERE tenant_id = p_tenant_id AND fsa_id = p_fsa_id;
