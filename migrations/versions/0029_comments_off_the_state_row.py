@@ -9,8 +9,8 @@ twice), read under an advisory lock of the state's comments alone, through a new
 comments by id; the column goes. The same load: ~1,600–2,000 deltas/s and ~740–840 comments/s.
 
 Executes 0029_comments_off_the_state_row.sql, a frozen copy of what it installs; the downgrade
-puts the column back, each state's counter at its last comment id, and restores sms.add_comment
-from the frozen copy of 0017.
+runs again what the frozen copy of 0017 did to make the counter (the column, each state's at its
+last comment id) and restores sms.add_comment from it.
 
 Revision ID: 0029
 Revises: 0028
@@ -36,12 +36,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("ALTER TABLE sms.states ADD COLUMN comments bigint NOT NULL DEFAULT 0")
-    op.execute(
-        """UPDATE sms.states s SET comments = c.last
-             FROM (SELECT tenant_id, fsa_id, max(comment_id) AS last FROM sms.task_comments
-                    GROUP BY tenant_id, fsa_id) c
-            WHERE s.tenant_id = c.tenant_id AND s.fsa_id = c.fsa_id"""
+    # what 0017 did when it made the counter: the column, at each state's last comment id
+    execute_script(
+        frozen_sections(
+            FROZEN_0017,
+            "states.comments (sql/010_states.sql)",
+            "each state's comment counter starts at its last comment id",
+            "sql/110_add_comment.sql",
+        )
     )
-    execute_script(frozen_sections(FROZEN_0017, "sql/110_add_comment.sql"))
     op.execute("DROP INDEX sms.task_comments_by_id")
